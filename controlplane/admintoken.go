@@ -1,0 +1,157 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/berthhq/berth/controlplane/pki"
+	"github.com/berthhq/berth/controlplane/token"
+	"github.com/berthhq/berth/fsm"
+	berthv1 "github.com/berthhq/berth/proto/berth/v1"
+)
+
+// operateMethods change the cluster; everything else on the AdminService
+// only reads (status, watch).
+var operateMethods = map[string]bool{
+	"CordonProxy": true, "UncordonProxy": true, "DrainProxy": true, "Rebalance": true,
+	"AddServer": true, "RemoveServer": true, "TransferLeadership": true,
+	"CreateAdminToken": true, "RevokeAdminToken": true, "ListAdminTokens": true,
+}
+
+const adminServicePrefix = "/berth.v1.AdminService/"
+
+// loadBootstrapToken reads the operate token from file that is always
+// accepted, so the first real tokens can be created; "" when unset.
+func loadBootstrapToken(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("admin bootstrap token: %w", err)
+	}
+	tok := strings.TrimSpace(string(raw))
+	if _, err := token.ParseAdminToken(tok); err != nil {
+		return "", fmt.Errorf("admin bootstrap token in %s: %w", path, err)
+	}
+	return tok, nil
+}
+
+// authorizeAdmin checks the caller's admin token for an AdminService call
+// when admin auth is on (default deny): read for reads, operate for
+// changes. A control-plane node forwarding a call it already authorized
+// (server certificate) passes.
+func (n *Node) authorizeAdmin(ctx context.Context, fullMethod string) error {
+	if !n.cfg.AdminAuth || !strings.HasPrefix(fullMethod, adminServicePrefix) {
+		return nil
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			if id, err := pki.PeerIdentity(info.State); err == nil && id.Role == pki.RoleServer {
+				return nil
+			}
+		}
+	}
+	need := token.RoleRead
+	if operateMethods[strings.TrimPrefix(fullMethod, adminServicePrefix)] {
+		need = token.RoleOperate
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	auth := md.Get("authorization")
+	if len(auth) != 1 || !strings.HasPrefix(auth[0], "Bearer ") {
+		return status.Error(codes.Unauthenticated, "admin auth is on: send an admin token as 'authorization: Bearer <token>'")
+	}
+	tok := strings.TrimPrefix(auth[0], "Bearer ")
+	role, err := n.adminRole(tok)
+	if err != nil {
+		n.metrics.denied.WithLabelValues("token").Inc()
+		return status.Errorf(codes.Unauthenticated, "admin token: %v", err)
+	}
+	if !role.Allows(need) {
+		n.metrics.denied.WithLabelValues(string(role)).Inc()
+		return status.Errorf(codes.PermissionDenied, "a %s token may not call %s; it needs %s", role, fullMethod, need)
+	}
+	return nil
+}
+
+// adminRole verifies tok against the bootstrap token or its record in the
+// registry (read locally: a token revoked on the leader stops working here
+// once this node applies the revocation).
+func (n *Node) adminRole(tok string) (token.AdminRole, error) {
+	if n.bootstrapToken != "" && len(tok) == len(n.bootstrapToken) && hashToken(tok) == hashToken(n.bootstrapToken) {
+		return token.RoleOperate, nil
+	}
+	id, err := token.ParseAdminToken(tok)
+	if err != nil {
+		return "", err
+	}
+	var rec *berthv1.AdminToken
+	n.fsm.View(func(s *fsm.State, _ uint64) { rec, _ = s.AdminToken(id) })
+	if rec == nil {
+		return "", fmt.Errorf("%w: no such token", token.ErrBadSecret)
+	}
+	r := token.AdminRecord{ID: rec.Id, Name: rec.Name, Hash: rec.Hash, Role: token.AdminRole(rec.Role), CreatedUnixMs: rec.CreatedUnixMs, ExpiresUnixMs: rec.ExpiresUnixMs}
+	if err := token.CheckAdminToken(tok, r, n.clock.Now()); err != nil {
+		return "", err
+	}
+	return r.Role, nil
+}
+
+func hashToken(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:])
+}
+
+func (a *adminServer) CreateAdminToken(ctx context.Context, req *berthv1.CreateAdminTokenRequest) (*berthv1.CreateAdminTokenResponse, error) {
+	role, err := token.ParseAdminRole(req.Role)
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("%w: role: %w", ErrInvalidArgument, err))
+	}
+	if req.TtlSeconds < 0 {
+		return nil, toStatus(fmt.Errorf("%w: ttl_seconds is negative", ErrInvalidArgument))
+	}
+	tok, rec, err := token.NewAdminToken(req.Name, role, time.Duration(req.TtlSeconds)*time.Second, a.n.clock.Now())
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("%w: %w", ErrInvalidArgument, err))
+	}
+	stored := &berthv1.AdminToken{Id: rec.ID, Name: rec.Name, Hash: rec.Hash, Role: string(rec.Role), CreatedUnixMs: rec.CreatedUnixMs, ExpiresUnixMs: rec.ExpiresUnixMs}
+	res, err := a.n.Apply(ctx, &berthv1.Command{Kind: &berthv1.Command_UpsertAdminToken{UpsertAdminToken: &berthv1.UpsertAdminTokenCommand{Token: stored}}})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	shown := &berthv1.AdminToken{Id: stored.Id, Name: stored.Name, Role: stored.Role, CreatedUnixMs: stored.CreatedUnixMs, ExpiresUnixMs: stored.ExpiresUnixMs, Version: res.Index}
+	return &berthv1.CreateAdminTokenResponse{Token: tok, Record: shown}, nil
+}
+
+func (a *adminServer) RevokeAdminToken(ctx context.Context, req *berthv1.RevokeAdminTokenRequest) (*berthv1.RevokeAdminTokenResponse, error) {
+	if _, err := a.n.Apply(ctx, &berthv1.Command{Kind: &berthv1.Command_RevokeAdminToken{RevokeAdminToken: &berthv1.RevokeAdminTokenCommand{TokenId: req.TokenId}}}); err != nil {
+		return nil, toStatus(err)
+	}
+	return &berthv1.RevokeAdminTokenResponse{}, nil
+}
+
+func (a *adminServer) ListAdminTokens(ctx context.Context, req *berthv1.ListAdminTokensRequest) (*berthv1.ListAdminTokensResponse, error) {
+	resp := &berthv1.ListAdminTokensResponse{}
+	idx, err := a.n.Read(ctx, req.Consistency, func(s *fsm.State) {
+		for _, t := range s.AdminTokens() {
+			resp.Tokens = append(resp.Tokens, &berthv1.AdminToken{Id: t.Id, Name: t.Name, Role: t.Role,
+				CreatedUnixMs: t.CreatedUnixMs, ExpiresUnixMs: t.ExpiresUnixMs, Version: t.Version})
+		}
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp.Header = a.header(idx)
+	return resp, nil
+}

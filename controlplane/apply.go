@@ -1,0 +1,112 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/berthhq/berth/controlplane/client"
+	"github.com/berthhq/berth/fsm"
+	berthv1 "github.com/berthhq/berth/proto/berth/v1"
+)
+
+// Apply proposes cmd and returns its result once applied. Any node accepts
+// it: a follower forwards to the leader. The command's time is stamped here
+// when the caller left it empty. A refused command returns its result and
+// the fsm sentinel error it maps to; a batch whose events were partly
+// refused returns a nil error and lists them in the result.
+//
+// Without a reachable leader Apply retries until ctx ends (bounded by the
+// apply timeout) and then returns *client.NotLeaderError.
+func (n *Node) Apply(ctx context.Context, cmd *berthv1.Command) (*berthv1.CommandResult, error) {
+	if cmd.NowUnixMs == 0 {
+		cmd.NowUnixMs = n.clock.Now().UnixMilli()
+	}
+	if err := fsm.ValidateCommand(cmd); err != nil {
+		return nil, err
+	}
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyLimit.Timeout)
+	defer cancel()
+	start := time.Now()
+	res, err := n.applyOrForward(ctx, cmd, data)
+	n.metrics.observeApply(time.Since(start), err)
+	if err != nil {
+		return nil, err
+	}
+	return res, fsm.ResultError(res)
+}
+
+func (n *Node) applyOrForward(ctx context.Context, cmd *berthv1.Command, data []byte) (*berthv1.CommandResult, error) {
+	backoff := 10 * time.Millisecond
+	for {
+		res, err := n.tryApply(ctx, cmd, data)
+		if err == nil || !retryable(err) {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-n.ctx.Done():
+			return nil, ErrShutdown
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 250*time.Millisecond)
+	}
+}
+
+// errForwardUnavailable marks a forward that failed in transit: the leader
+// is gone or unreachable. Retrying is safe because every command is
+// idempotent by construction (upserts, closes of what is gone are no-ops,
+// IDs chosen before proposing, move transitions to the state they are in
+// succeed), so a forward that did reach the leader and is sent again
+// changes nothing more.
+var errForwardUnavailable = errors.New("leader unreachable")
+
+// retryable errors mean the command was not appended, or appending it again
+// is harmless.
+func retryable(err error) bool {
+	var notLeader *client.NotLeaderError
+	return errors.As(err, &notLeader) || errors.Is(err, raft.ErrNotLeader) ||
+		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, errForwardUnavailable)
+}
+
+func (n *Node) tryApply(ctx context.Context, cmd *berthv1.Command, data []byte) (*berthv1.CommandResult, error) {
+	if n.raft.State() == raft.Leader {
+		return n.applyLocal(ctx, cmd, data)
+	}
+	leaderID, addr := n.leader()
+	if addr == "" {
+		return nil, &client.NotLeaderError{LeaderID: leaderID}
+	}
+	c, err := n.peers.cluster(addr)
+	if err != nil {
+		return nil, err
+	}
+	n.metrics.forwarded.Inc()
+	resp, err := c.Apply(ctx, &berthv1.ApplyRequest{Command: cmd})
+	if err != nil {
+		if nl, ok := client.AsNotLeader(err); ok {
+			return nil, nl
+		}
+		if status.Code(err) == codes.Unavailable {
+			return nil, fmt.Errorf("%w: forward to %s: %w", errForwardUnavailable, leaderID, err)
+		}
+		return nil, fmt.Errorf("forward to leader %s: %w", leaderID, err)
+	}
+	return resp.Result, nil
+}
+
+// applyLocal proposes cmd on this node, which must be the leader, through
+// the batching proposer.
+func (n *Node) applyLocal(ctx context.Context, cmd *berthv1.Command, data []byte) (*berthv1.CommandResult, error) {
+	return n.proposer.propose(ctx, cmd, data)
+}

@@ -1,0 +1,213 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/berthhq/berth/controlplane/client"
+	"github.com/berthhq/berth/fsm"
+	berthv1 "github.com/berthhq/berth/proto/berth/v1"
+)
+
+// clusterServer serves ClusterService: node-to-node calls only.
+type clusterServer struct {
+	berthv1.UnimplementedClusterServiceServer
+	n *Node
+}
+
+// notLeader is the error a leader-only call returns on a follower.
+func (n *Node) notLeader() error {
+	id, addr := n.leader()
+	return &client.NotLeaderError{LeaderID: id, LeaderAddress: addr}
+}
+
+func (s *clusterServer) Apply(ctx context.Context, req *berthv1.ApplyRequest) (*berthv1.ApplyResponse, error) {
+	if req.Command == nil {
+		return nil, toStatus(fmt.Errorf("%w: command is required", ErrInvalidArgument))
+	}
+	if !s.n.IsLeader() {
+		return nil, toStatus(s.n.notLeader())
+	}
+	// Refusals travel in the result, so the follower sees the same code.
+	if err := fsm.ValidateCommand(req.Command); err != nil {
+		return &berthv1.ApplyResponse{Result: &berthv1.CommandResult{Code: fsm.ResultCode(err), Message: err.Error()}}, nil
+	}
+	data, err := fsm.Encode(req.Command)
+	if err != nil {
+		return &berthv1.ApplyResponse{Result: &berthv1.CommandResult{Code: fsm.ResultCode(err), Message: err.Error()}}, nil
+	}
+	res, err := s.n.applyLocal(ctx, req.Command, data)
+	if err != nil {
+		if errors.Is(err, raft.ErrNotLeader) {
+			return nil, toStatus(s.n.notLeader())
+		}
+		return nil, toStatus(err)
+	}
+	return &berthv1.ApplyResponse{Result: res}, nil
+}
+
+func (s *clusterServer) ReadIndex(ctx context.Context, req *berthv1.ReadIndexRequest) (*berthv1.ReadIndexResponse, error) {
+	if !s.n.IsLeader() {
+		return nil, toStatus(s.n.notLeader())
+	}
+	idx, err := s.n.localReadIndex(ctx, req.Verify)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &berthv1.ReadIndexResponse{Index: idx}, nil
+}
+
+func (s *clusterServer) NodeInfo(context.Context, *berthv1.NodeInfoRequest) (*berthv1.NodeInfoResponse, error) {
+	return s.n.nodeInfo(), nil
+}
+
+func (s *clusterServer) Join(ctx context.Context, req *berthv1.JoinRequest) (*berthv1.JoinResponse, error) {
+	if err := s.n.addServer(ctx, req.Server, req.Nonvoter); err != nil {
+		return nil, toStatus(err)
+	}
+	return &berthv1.JoinResponse{}, nil
+}
+
+func (s *clusterServer) ReportLoad(_ context.Context, req *berthv1.ReportLoadRequest) (*berthv1.ReportLoadResponse, error) {
+	if !s.n.IsLeader() {
+		return nil, toStatus(s.n.notLeader())
+	}
+	now := s.n.clock.Now()
+	for _, sample := range req.Samples {
+		if err := fsm.ValidateID("proxy id", sample.GetProxyId()); err != nil {
+			return nil, toStatus(err)
+		}
+		s.n.beats.record(sample, now)
+	}
+	return &berthv1.ReportLoadResponse{}, nil
+}
+
+func (s *clusterServer) GetLoad(context.Context, *berthv1.GetLoadRequest) (*berthv1.GetLoadResponse, error) {
+	if !s.n.IsLeader() {
+		return nil, toStatus(s.n.notLeader())
+	}
+	return &berthv1.GetLoadResponse{Samples: s.n.beats.load()}, nil
+}
+
+// nodeInfo describes this node as it sees itself.
+func (n *Node) nodeInfo() *berthv1.NodeInfoResponse {
+	leaderAddr, leaderID := n.raft.LeaderWithID()
+	info := &berthv1.NodeInfoResponse{
+		Id:            n.cfg.ID,
+		RaftAddress:   n.cfg.raftAdvertise(),
+		GrpcAddress:   n.cfg.grpcAdvertise(),
+		State:         n.raft.State().String(),
+		Term:          n.raft.CurrentTerm(),
+		CommitIndex:   n.raft.CommitIndex(),
+		AppliedIndex:  n.fsm.AppliedIndex(),
+		LastLogIndex:  n.raft.LastIndex(),
+		LeaderId:      string(leaderID),
+		LeaderAddress: string(leaderAddr),
+	}
+	if f := n.raft.GetConfiguration(); f.Error() == nil {
+		info.ConfiguredServers = uint32(len(f.Configuration().Servers))
+	}
+	info.HasState = n.stores.hadState || info.ConfiguredServers > 0
+	switch last := n.raft.LastContact(); {
+	case n.IsLeader():
+	case last.IsZero():
+		info.LastContactMs = -1
+	default:
+		info.LastContactMs = time.Since(last).Milliseconds()
+	}
+	return info
+}
+
+// addServer adds (or re-addresses) a member and records its metadata. It
+// runs on the leader; a follower forwards it there.
+func (n *Node) addServer(ctx context.Context, srv *berthv1.Server, nonvoter bool) error {
+	if srv == nil {
+		return fmt.Errorf("%w: server is required", ErrInvalidArgument)
+	}
+	if err := fsm.ValidateID("server id", srv.Id); err != nil {
+		return err
+	}
+	if err := fsm.ValidateHostPort("server.raft_address", srv.RaftAddress); err != nil {
+		return err
+	}
+	if err := fsm.ValidateHostPort("server.grpc_address", srv.GrpcAddress); err != nil {
+		return err
+	}
+	if !n.IsLeader() {
+		_, addr := n.leader()
+		if addr == "" {
+			return n.notLeader()
+		}
+		c, err := n.peers.cluster(addr)
+		if err != nil {
+			return err
+		}
+		_, err = c.Join(ctx, &berthv1.JoinRequest{Server: srv, Nonvoter: nonvoter})
+		return err
+	}
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == srv.Id && string(s.Address) == srv.RaftAddress {
+			return n.upsertServer(ctx, srv) // already a member: refresh metadata
+		}
+		if string(s.ID) == srv.Id || string(s.Address) == srv.RaftAddress {
+			if err := n.raft.RemoveServer(s.ID, 0, n.cfg.ApplyLimit.Timeout).Error(); err != nil {
+				return fmt.Errorf("replace member %s: %w", s.ID, err)
+			}
+		}
+	}
+	var fut raft.IndexFuture
+	if nonvoter {
+		fut = n.raft.AddNonvoter(raft.ServerID(srv.Id), raft.ServerAddress(srv.RaftAddress), 0, n.cfg.ApplyLimit.Timeout)
+	} else {
+		fut = n.raft.AddVoter(raft.ServerID(srv.Id), raft.ServerAddress(srv.RaftAddress), 0, n.cfg.ApplyLimit.Timeout)
+	}
+	if err := fut.Error(); err != nil {
+		return fmt.Errorf("add member %s: %w", srv.Id, err)
+	}
+	n.logger.Info("added server", "id", srv.Id, "raft", srv.RaftAddress, "nonvoter", nonvoter)
+	return n.upsertServer(ctx, srv)
+}
+
+func (n *Node) upsertServer(ctx context.Context, srv *berthv1.Server) error {
+	_, err := n.Apply(ctx, &berthv1.Command{Kind: &berthv1.Command_UpsertServer{UpsertServer: &berthv1.UpsertServerCommand{Server: srv}}})
+	return err
+}
+
+// removeServer takes a member out of the Raft configuration and its
+// metadata out of the registry. It runs on the leader.
+func (n *Node) removeServer(ctx context.Context, id string) error {
+	if err := fsm.ValidateID("server id", id); err != nil {
+		return err
+	}
+	if !n.IsLeader() {
+		return n.notLeader()
+	}
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	found := false
+	for _, s := range f.Configuration().Servers {
+		found = found || string(s.ID) == id
+	}
+	if !found {
+		return fmt.Errorf("%w: server %q is not a member", fsm.ErrNotFound, id)
+	}
+	if err := n.raft.RemoveServer(raft.ServerID(id), 0, n.cfg.ApplyLimit.Timeout).Error(); err != nil {
+		return fmt.Errorf("remove member %s: %w", id, err)
+	}
+	n.logger.Info("removed server", "id", id)
+	if id == n.cfg.ID {
+		return nil // we stepped down; the next leader may clean the metadata
+	}
+	_, err := n.Apply(ctx, &berthv1.Command{Kind: &berthv1.Command_RemoveServer{RemoveServer: &berthv1.RemoveServerCommand{ServerId: id}}})
+	return err
+}
