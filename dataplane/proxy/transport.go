@@ -1,0 +1,254 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	berthv1 "github.com/berthhq/berth/proto/berth/v1"
+)
+
+// Streams are pooled: HTTP requests to the same target and endpoint reuse
+// an idle tunnel stream (HTTP/1.1 keep-alive inside the stream), so a
+// request costs neither a stream handshake nor, behind the agent, a new
+// upstream connection. One http.Transport per (target, endpoint) keeps
+// pools apart; retiring a connection drops its transports.
+
+// dialError marks a failure to open a stream: nothing reached the
+// upstream, so the request may go to another target.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+type poolKey struct {
+	conn     string // local connection id ("" for a peer target)
+	peer     string
+	peerConn string // the connection a peer should use ("" for any)
+	endpoint string
+}
+
+type transports struct {
+	p  *Proxy
+	mu sync.Mutex
+	m  map[poolKey]*http.Transport
+}
+
+func newTransports(p *Proxy) *transports {
+	return &transports{p: p, m: map[poolKey]*http.Transport{}}
+}
+
+func keyOf(t target, endpoint string) poolKey {
+	if t.local != nil {
+		return poolKey{conn: t.local.id, endpoint: endpoint}
+	}
+	return poolKey{peer: t.peer, peerConn: t.connID, endpoint: endpoint}
+}
+
+func (ts *transports) get(t target, endpoint string) *http.Transport {
+	k := keyOf(t, endpoint)
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if tr := ts.m[k]; tr != nil {
+		return tr
+	}
+	hdr := &berthv1.StreamHeader{Endpoint: endpoint, Kind: berthv1.StreamKind_STREAM_KIND_HTTP}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			c, err := ts.p.openOn(ctx, t, hdr)
+			if err != nil {
+				return nil, &dialError{err}
+			}
+			return c, nil
+		},
+		MaxIdleConns:        0,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   false,
+		// No response-header or overall timeout: long-polls and streams
+		// stay up as long as both ends want.
+	}
+	ts.m[k] = tr
+	return tr
+}
+
+// dropConn forgets every pool of local connection id and closes their idle
+// streams; streams carrying requests finish on their own.
+func (ts *transports) dropConn(id string) {
+	ts.drop(func(k poolKey) bool { return k.conn == id })
+}
+
+func (ts *transports) drop(match func(poolKey) bool) {
+	ts.mu.Lock()
+	var gone []*http.Transport
+	for k, tr := range ts.m {
+		if match(k) {
+			gone = append(gone, tr)
+			delete(ts.m, k)
+		}
+	}
+	ts.mu.Unlock()
+	for _, tr := range gone {
+		tr.CloseIdleConnections()
+	}
+}
+
+func (ts *transports) closeAll() {
+	ts.drop(func(poolKey) bool { return true })
+}
+
+// errAllRefused: every candidate refused the stream; nothing was sent.
+var errAllRefused = errors.New("every upstream connection refused the stream")
+
+// replayLimit is the largest request body kept in memory so the request
+// can go to another target if the first one turns it away unsent.
+const replayLimit = 64 << 10
+
+// RoundTrip sends one request to the first candidate target that takes it.
+// A target that cannot open a stream is skipped (nothing was sent), and so
+// is a peer that answers that it sent nothing upstream (its connection
+// moved away a moment ago): the request goes to the next candidate, and if
+// none is left, candidates are looked up again briefly while the
+// directory catches up with a move. Any other failure ends the request,
+// since an upstream may have seen it.
+func (p *Proxy) RoundTrip(req *http.Request) (*http.Response, error) {
+	rt, _ := req.Context().Value(routeKey{}).(route)
+	replayable, err := makeReplayable(req)
+	if err != nil {
+		return nil, err
+	}
+	var last error
+	for attempt := 0; ; attempt++ {
+		cands, err := p.candidates(rt)
+		if errors.Is(err, errNoUpstream) && p.awaitDirectory(req.Context()) {
+			cands, err = p.candidates(rt)
+		}
+		if err != nil && (last == nil || !errors.Is(err, errNoUpstream)) {
+			return nil, err
+		}
+		for _, t := range cands {
+			if t.local != nil && !t.local.usable() {
+				continue
+			}
+			if req.GetBody != nil && req.Body != nil && req.Body != http.NoBody {
+				if req.Body, err = req.GetBody(); err != nil {
+					return nil, err
+				}
+			}
+			resp, err := p.tryTarget(req, t, rt.endpoint)
+			if err == nil {
+				return resp, nil
+			}
+			if !notSent(err) || !replayable {
+				return nil, errors.Join(errUnreachable, err)
+			}
+			last = err
+			p.metrics.streamFailures.WithLabelValues(kindOf(t)).Inc()
+		}
+		if !replayable || attempt >= 4 || rt.peerHop {
+			break
+		}
+		select {
+		case <-req.Context().Done():
+			return nil, req.Context().Err()
+		case <-time.After(time.Duration(25<<attempt) * time.Millisecond):
+		}
+	}
+	if last == nil {
+		return nil, errUnreachable
+	}
+	return nil, errors.Join(errUnreachable, errAllRefused, last)
+}
+
+// tryTarget sends req to one target. A dial failure, or a peer's "not
+// sent" answer, comes back as an error for which notSent holds.
+func (p *Proxy) tryTarget(req *http.Request, t target, endpoint string) (*http.Response, error) {
+	done := p.begin(t)
+	resp, err := p.pools.get(t, endpoint).RoundTrip(req)
+	if err != nil {
+		done()
+		var de *dialError
+		if errors.As(err, &de) && req.Context().Err() == nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%s: %w", t, err)
+	}
+	if t.local == nil && resp.Header.Get(RetryHeader) != "" {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+		_ = resp.Body.Close()
+		done()
+		return nil, &dialError{fmt.Errorf("%s: peer sent nothing upstream: %s", t, resp.Header.Get(ErrorHeader))}
+	}
+	resp.Body = finishOnClose(resp.Body, done)
+	return resp, nil
+}
+
+// makeReplayable lets req be sent again: a request without a body always
+// can; a small body of known length is read into memory first. Larger or
+// streamed bodies go once.
+func makeReplayable(req *http.Request) (bool, error) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return true, nil
+	}
+	if req.GetBody != nil {
+		return true, nil
+	}
+	if req.ContentLength <= 0 || req.ContentLength > replayLimit {
+		return false, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(req.Body, replayLimit+1))
+	if err != nil {
+		return false, fmt.Errorf("reading the request body: %w", err)
+	}
+	_ = req.Body.Close()
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	req.Body, _ = req.GetBody()
+	return true, nil
+}
+
+// begin counts a request in flight on a local target (least-loaded
+// routing and draining both read it) and returns its end.
+func (p *Proxy) begin(t target) func() {
+	if t.local == nil {
+		return func() {}
+	}
+	t.local.outstanding.Add(1)
+	var once sync.Once
+	return func() { once.Do(func() { t.local.outstanding.Add(-1) }) }
+}
+
+// finishOnClose runs done when the response body is closed, keeping the
+// io.ReadWriteCloser of an upgraded (101) response.
+func finishOnClose(body io.ReadCloser, done func()) io.ReadCloser {
+	if rwc, ok := body.(io.ReadWriteCloser); ok {
+		return &upgradedBody{ReadWriteCloser: rwc, done: done}
+	}
+	return &finishingBody{ReadCloser: body, done: done}
+}
+
+type finishingBody struct {
+	io.ReadCloser
+	done func()
+}
+
+func (b *finishingBody) Close() error {
+	defer b.done()
+	return b.ReadCloser.Close()
+}
+
+type upgradedBody struct {
+	io.ReadWriteCloser
+	done func()
+}
+
+func (b *upgradedBody) Close() error {
+	defer b.done()
+	return b.ReadWriteCloser.Close()
+}
