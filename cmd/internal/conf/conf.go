@@ -1,0 +1,118 @@
+// Package conf fills a command's flag set from, in rising precedence, a YAML
+// file, environment variables and the command line, so every Berth binary
+// takes its settings the same three ways with one set of names: the YAML
+// key and the flag are the same word ("raft-addr"), the variable is the
+// prefixed upper-case form (BERTH_RAFT_ADDR).
+package conf
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"gopkg.in/yaml.v3"
+)
+
+// Load parses args into fs (a pflag set; standard-library flag sets join
+// it through AddGoFlagSet), then fills every flag the command line left
+// unset from the environment (prefix + NAME) and then from the YAML file
+// named by the flag fileFlag (if fs has it and it is set). An unknown key in
+// the file is an error that lists the known ones.
+func Load(fs *pflag.FlagSet, args []string, envPrefix, fileFlag string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	set := make(map[string]bool)
+	fs.Visit(func(f *pflag.Flag) { set[f.Name] = true })
+
+	var errs []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		if v, ok := os.LookupEnv(EnvName(envPrefix, f.Name)); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", EnvName(envPrefix, f.Name), err))
+			}
+			set[f.Name] = true
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+
+	file := fs.Lookup(fileFlag)
+	if file == nil || file.Value.String() == "" {
+		return nil
+	}
+	return loadFile(fs, file.Value.String(), set)
+}
+
+// EnvName is the environment variable that sets flag name.
+func EnvName(prefix, name string) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+func loadFile(fs *pflag.FlagSet, path string, set map[string]bool) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(raw, &values); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	keys := make([]string, 0, len(values))
+	for k := range values {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if fs.Lookup(k) == nil {
+			return fmt.Errorf("config file %s: unknown key %q (keys are the flag names: %s)", path, k, strings.Join(flagNames(fs), ", "))
+		}
+		if set[k] {
+			continue
+		}
+		if err := fs.Set(k, scalar(values[k])); err != nil {
+			return fmt.Errorf("config file %s: %s: %w", path, k, err)
+		}
+	}
+	return nil
+}
+
+// scalar turns a YAML value into flag text; a list becomes comma-separated.
+func scalar(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case []any:
+		parts := make([]string, len(x))
+		for i, e := range x {
+			parts[i] = scalar(e)
+		}
+		return strings.Join(parts, ",")
+	default:
+		return fmt.Sprint(x)
+	}
+}
+
+func flagNames(fs *pflag.FlagSet) []string {
+	var out []string
+	fs.VisitAll(func(f *pflag.Flag) { out = append(out, f.Name) })
+	return out
+}
+
+// Logger is the JSON slog logger every daemon writes to stderr, at level
+// ("debug", "info", "warn" or "error").
+func Logger(level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log-level: %w", err)
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
+}

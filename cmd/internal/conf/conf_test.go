@@ -1,0 +1,83 @@
+package conf
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+func newFS() (*pflag.FlagSet, *string, *int, *string) {
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	fs.SetOutput(new(strings.Builder))
+	addr := fs.String("raft-addr", "default", "")
+	n := fs.Int("bootstrap-expect", 0, "")
+	fs.String("config", "", "")
+	list := fs.String("discovery-static", "", "")
+	return fs, addr, n, list
+}
+
+func TestPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(path, []byte("raft-addr: from-file\nbootstrap-expect: 3\ndiscovery-static: [a:1, b:2]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		env      string
+		args     []string
+		wantAddr string
+	}{
+		{"file", "", []string{"--config", path}, "from-file"},
+		{"env beats file", "from-env", []string{"--config", path}, "from-env"},
+		{"flag beats env", "from-env", []string{"--config", path, "--raft-addr", "from-flag"}, "from-flag"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.env != "" {
+				t.Setenv("BERTH_RAFT_ADDR", tt.env)
+			}
+			fs, addr, n, list := newFS()
+			if err := Load(fs, tt.args, "BERTH_", "config"); err != nil {
+				t.Fatal(err)
+			}
+			if *addr != tt.wantAddr || *n != 3 || *list != "a:1,b:2" {
+				t.Fatalf("got addr=%q expect=%d list=%q", *addr, *n, *list)
+			}
+		})
+	}
+}
+
+func TestUnknownKeyAndBadValue(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"unknown": "raft-adr: x\n",
+		"badint":  "bootstrap-expect: three\n",
+		"notyaml": "a: [\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(dir, name+".yaml")
+			if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			fs, _, _, _ := newFS()
+			err := Load(fs, []string{"--config", path}, "BERTH_", "config")
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			if name == "unknown" && !strings.Contains(err.Error(), "raft-addr") {
+				t.Fatalf("error should list the known keys: %v", err)
+			}
+		})
+	}
+	t.Run("bad env", func(t *testing.T) {
+		t.Setenv("BERTH_BOOTSTRAP_EXPECT", "x")
+		fs, _, _, _ := newFS()
+		if err := Load(fs, nil, "BERTH_", "config"); err == nil || !strings.Contains(err.Error(), "BERTH_BOOTSTRAP_EXPECT") {
+			t.Fatalf("want an error naming the variable, got %v", err)
+		}
+	})
+}
