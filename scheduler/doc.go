@@ -26,8 +26,9 @@
 //
 // # The balance rule
 //
-// Let N be the group's connections on proxies that are not DOWN, with an
-// in-flight move's connection counted on its target, and W the sum of the
+// Let N be the group's connections on proxies that are not DOWN, with a
+// PENDING move's connection counted on its target and an ACCEPTED move's
+// old connection not counted (its new one is), and W the sum of the
 // eligible proxies' weights (0 counts as 1). An eligible proxy of weight
 // w has
 //
@@ -59,9 +60,13 @@
 //     one with most excess first. A move goes to a proxy under lo if any
 //     can take it; to a proxy merely under hi only while E > D, or when
 //     every proxy under lo is ruled out by the spread rule below.
-//  2. Fill: while D > E, eligible proxies above their target t give to
-//     proxies under lo, the one furthest above target first; a giver
-//     stops at t, so it never falls under its own lo.
+//  2. Fill: while D > E − B, eligible proxies above their target t give
+//     to proxies under lo, the one furthest above target first; a giver
+//     stops at t, so it never falls under its own lo. B is the excess
+//     shed found blocked: sources with movable connections and receivers,
+//     every pairing of which the spread rule forbids (a drain whose
+//     connection can go only to a proxy holding its endpoint's others).
+//     Fill then makes room elsewhere for a later round.
 //  3. Spread: see below.
 //
 // Every shed or fill move lowers max(E, D) by exactly one and no move
@@ -72,12 +77,14 @@
 // band's edges (hi and lo), not over the target, and there is no
 // rounding allowance. The one exception is the spread rule's: a move sent
 // to a proxy with mere room because every proxy under lo would have left
-// an endpoint on one proxy costs one move more. The property tests see
+// an endpoint on one proxy, or a fill move that makes room for blocked
+// excess, costs one move more. The property tests see
 // at most 1.04× the minimum, and exactly the minimum in almost every run.
 //
-// A proxy with moves still arriving neither sheds nor gives: an ACCEPTED
-// move's new connection is already in the view beside the old one, so its
-// count may be one high until the move completes.
+// A proxy with PENDING moves arriving neither sheds nor gives until they
+// are accepted. An ACCEPTED move may last as long as the old connection's
+// longest stream, so it holds nothing back: its old connection no longer
+// counts, and its new one counts where it is.
 //
 // # Which connection, which target
 //

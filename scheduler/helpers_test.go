@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"sort"
-	"strings"
 	"testing"
 	"time"
 
@@ -145,10 +144,10 @@ func newModel(v View, l Limits) *model {
 		m.ids = append(m.ids, p.ID)
 	}
 	sort.Strings(m.ids)
-	flying := map[string]string{}
+	flying := map[string]InFlight{}
 	for _, f := range v.InFlight {
 		if _, ok := flying[f.ConnectionID]; !ok {
-			flying[f.ConnectionID] = f.From + "\x00" + f.To
+			flying[f.ConnectionID] = f
 		}
 	}
 	n := map[string]int{}
@@ -157,11 +156,15 @@ func newModel(v View, l Limits) *model {
 		if p == nil || p.pv.Status == down {
 			continue
 		}
-		if ft, ok := flying[c.ID]; ok {
-			from, to, _ := strings.Cut(ft, "\x00")
-			if q := m.proxies[to]; from == c.ProxyID && q != nil && q.pv.Status != down && to != from {
-				p = q
-				p.incoming++
+		if f, ok := flying[c.ID]; ok {
+			if q := m.proxies[f.To]; q != nil && q.pv.Status != down {
+				if f.Accepted {
+					continue // the new connection at f.To counts instead
+				}
+				if f.To != c.ProxyID {
+					p = q
+					p.incoming++
+				}
 			}
 		}
 		p.count++

@@ -33,6 +33,7 @@ func Plan(v View, l Limits) []Move {
 		moved:   make([]bool, len(s.conns)),
 		sorted:  make([]bool, len(s.proxies)),
 		at:      make([]map[int32]int32, len(s.proxies)),
+		blocked: make([]int, len(s.groups)),
 		// Zones matter only if there are two; then a move may cross them.
 		multiZone: s.zones > 1,
 	}
@@ -53,6 +54,7 @@ type planner struct {
 	moved   []bool  // connection already moved by this plan
 	sorted  []bool  // proxy's connection list is in id order
 	moves   []Move
+	blocked []int // per group: excess shed could not move (see shed)
 
 	// Endpoint counts, built as needed: at[p] maps endpoint -> p's
 	// connections of it; zoneFlat[e*zones+z] counts e's connections in
@@ -111,8 +113,25 @@ func (p *planner) shed() {
 		}
 		if !moved {
 			p.done[best] = true
+			if len(p.cand) > 0 && p.hasUnmoved(best) {
+				// Every receiver would leave an endpoint on one proxy:
+				// until a proxy with no such conflict has room, this
+				// excess cannot leave, and fill must not wait for it.
+				p.blocked[p.proxies[best].group] += p.excess(best)
+			}
 		}
 	}
+}
+
+// hasUnmoved reports whether src still holds a movable connection that
+// this plan has not moved.
+func (p *planner) hasUnmoved(src int32) bool {
+	for _, c := range p.list(src) {
+		if !p.moved[c] {
+			return true
+		}
+	}
+	return false
 }
 
 func shedRank(k kind) int {
@@ -136,16 +155,17 @@ func reasonFor(k kind) string {
 }
 
 // fill covers the deficit that excess cannot: in a group whose deficit
-// exceeds its excess, eligible proxies above their target (donors) give
-// to proxies under the band, the donor furthest above target first. A
-// donor stops at its target, so it never falls under its own band.
+// exceeds its excess (less the excess shed found blocked by spread),
+// eligible proxies above their target (donors) give to proxies under the
+// band, the donor furthest above target first. A donor stops at its
+// target, so it never falls under its own band.
 func (p *planner) fill() {
 	clear(p.done)
 	for p.budget > 0 {
 		best, bestOver := int32(-1), 0.0
 		for gi := range p.groups {
 			g := &p.groups[gi]
-			if g.deficit <= g.excess {
+			if g.deficit <= g.excess-p.blocked[gi] {
 				continue
 			}
 			for _, i := range g.eligible {

@@ -465,6 +465,47 @@ func TestPlanDrainRespectsLimits(t *testing.T) {
 	}
 }
 
+// A draining proxy's last connection serves x, whose other connection is
+// on b, the only proxy under its band; c, the only other receiver, is
+// full. Moving it to b would leave x on one proxy, so fill must make room
+// on c first instead of waiting for the blocked drain forever.
+func TestPlanDrainBlockedBySpread(t *testing.T) {
+	l := DefaultLimits()
+	l.Band = 0
+	v := view([]ProxyView{px("b"), px("c"), px("d").status(draining)},
+		conns("b", 3), []ConnView{{ID: "bx", ProxyID: "b", Endpoints: []string{"x"}}}, conns("c", 6),
+		[]ConnView{{ID: "dx", ProxyID: "d", Endpoints: []string{"x"}}})
+	end, moves, rounds := converge(t, v, l, 5)
+	checkBalanced(t, "blocked drain", end, l)
+	if got := counts(end); got["d"] != 0 || got["b"] != 5 || got["c"] != 6 {
+		t.Errorf("counts %v after %d rounds, moves %+v", got, rounds, moves)
+	}
+	if len(concentrated(end)) != 0 {
+		t.Errorf("endpoints concentrated: %v", concentrated(end))
+	}
+	if len(moves) != 2 {
+		t.Errorf("%d moves, want 2 (one fill from c to b, then the drain to c): %+v", len(moves), moves)
+	}
+}
+
+// Two moves to c were accepted, but their old connections still carry a
+// long-lived stream each. c holds 2 of 12 live connections; the old ones
+// must not count there a second time, or c looks as full as its band and
+// the scale-out stops short.
+func TestPlanAcceptedMovesDoNotCountTwice(t *testing.T) {
+	l := DefaultLimits()
+	old := conns("a", 6)
+	old[0].Moving, old[1].Moving = true, true
+	v := view([]ProxyView{px("a"), px("b"), px("c")}, old, conns("b", 5), conns("c", 2))
+	v.InFlight = []InFlight{{ConnectionID: "a-c000", From: "a", To: "c", Accepted: true}, {ConnectionID: "a-c001", From: "a", To: "c", Accepted: true}}
+	moves := Plan(v, l)
+	checkPlan(t, v, l, moves)
+	// a holds 4 live connections, b 5, c 2: N is 11, lo 3, so c lacks one.
+	if len(moves) != 1 || moves[0].To != "c" || moves[0].From != "b" {
+		t.Errorf("moves %+v, want one from b to c", moves)
+	}
+}
+
 func TestPlanIsDeterministic(t *testing.T) {
 	l := DefaultLimits()
 	l.MaxPerPlan = 200
@@ -514,8 +555,12 @@ func TestTargetsAndImbalance(t *testing.T) {
 			map[string]float64{"a": 10, "b": 30}, 0},
 		{"in-flight moves count at their target",
 			View{Now: t0, Proxies: []ProxyView{px("a"), px("b")}, Connections: conns("a", 10),
-				InFlight: []InFlight{{"a-c000", "a", "b"}, {"a-c001", "a", "b"}, {"a-c002", "a", "b"}, {"a-c003", "a", "b"}, {"a-c004", "a", "b"}}},
+				InFlight: []InFlight{{"a-c000", "a", "b", false}, {"a-c001", "a", "b", false}, {"a-c002", "a", "b", false}, {"a-c003", "a", "b", false}, {"a-c004", "a", "b", false}}},
 			map[string]float64{"a": 5, "b": 5}, 0},
+		{"an accepted move's old connection counts nowhere",
+			View{Now: t0, Proxies: []ProxyView{px("a"), px("b")}, Connections: append(conns("a", 10), conns("b", 2)...),
+				InFlight: []InFlight{{"a-c000", "a", "b", true}, {"a-c001", "a", "b", true}}},
+			map[string]float64{"a": 5, "b": 5}, 0.6},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

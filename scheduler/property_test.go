@@ -3,6 +3,7 @@ package scheduler
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -81,7 +82,10 @@ func randomCluster(rng *rand.Rand, nProxies, nConns int) (View, int) {
 		} else {
 			for range 1 + rng.IntN(3) {
 				u := rng.Float64()
-				c.Endpoints = append(c.Endpoints, fmt.Sprintf("e%d", int(float64(nEps)*u*u)))
+				// A connection lists each endpoint once, as the FSM requires.
+				if e := fmt.Sprintf("e%d", int(float64(nEps)*u*u)); !slices.Contains(c.Endpoints, e) {
+					c.Endpoints = append(c.Endpoints, e)
+				}
 			}
 		}
 		switch rng.IntN(20) {
@@ -95,7 +99,7 @@ func randomCluster(rng *rand.Rand, nProxies, nConns int) (View, int) {
 			c.Moving = true
 			moving++
 			to := v.Proxies[rng.IntN(nProxies)].ID
-			v.InFlight = append(v.InFlight, InFlight{ConnectionID: c.ID, From: c.ProxyID, To: to})
+			v.InFlight = append(v.InFlight, InFlight{ConnectionID: c.ID, From: c.ProxyID, To: to, Accepted: rng.IntN(2) == 0})
 		}
 		v.Connections = append(v.Connections, c)
 	}
@@ -207,7 +211,8 @@ func convergeOnce(t *testing.T, name string, v View, l Limits, st *convergeStats
 	minimum := m0.minMoves()
 	// A bound on rounds: the lower bound set by the budget per round and
 	// by the busiest proxy's work at its per-proxy cap, plus a few rounds
-	// for young and cooling connections, the fill pass and spread.
+	// for young and cooling connections and the fill pass, and the rounds
+	// the spread moves take.
 	perRound := min(l.MaxPerPlan, l.MaxInFlight)
 	worstProxy := 0
 	for _, id := range m0.ids {
@@ -224,9 +229,11 @@ func convergeOnce(t *testing.T, name string, v View, l Limits, st *convergeStats
 		worstProxy = max(worstProxy, work)
 	}
 	low := max(ceilDiv(minimum, perRound), ceilDiv(worstProxy, l.MaxInFlightPerProxy))
-	bound := low + 8
 	spreadBefore := spreadOf(v, l)
 	stuckBefore := concentrated(v)
+	// Spread moves (at most one per concentrated endpoint) share the
+	// budget of each round with balance moves.
+	bound := low + 8 + ceilDiv(len(stuckBefore), perRound)
 	end, moves, rounds := converge(t, v, l, bound+50)
 	if rounds > bound {
 		t.Errorf("%s: %d rounds, bound %d", name, rounds, bound)

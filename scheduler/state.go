@@ -39,7 +39,7 @@ type proxy struct {
 	weight float64
 
 	count    int32 // connections held, in-flight moves counted at their target
-	incoming int32 // in-flight moves reaching it, counted in count
+	incoming int32 // PENDING moves reaching it, counted in count
 	involved int32 // in-flight moves leaving or reaching it
 
 	// target is the weighted target of an eligible proxy and the fair
@@ -139,9 +139,11 @@ func build(v View, l Limits, withConns bool) *state {
 		s.proxies = append(s.proxies, p)
 	}
 
-	// In-flight moves: every one counts against both ends' caps; the
-	// moving connection counts at its target.
-	var flying map[string]int32 // connection id -> target proxy
+	// In-flight moves: every one counts against both ends' caps. A
+	// PENDING move's connection counts at its target; an ACCEPTED move's
+	// old connection counts nowhere, since its new one is in the view.
+	const replaced = -2
+	var flying map[string]int32 // connection id -> target proxy, -1 or replaced
 	if len(v.InFlight) > 0 {
 		flying = make(map[string]int32, len(v.InFlight))
 	}
@@ -157,8 +159,12 @@ func build(v View, l Limits, withConns bool) *state {
 		if _, seen := flying[m.ConnectionID]; seen {
 			continue
 		}
-		target := int32(-1)
-		if okTo && s.proxies[to].kind != kindDown {
+		target := int32(-1) // target gone: the connection stays put
+		switch {
+		case !okTo || s.proxies[to].kind == kindDown:
+		case m.Accepted:
+			target = replaced
+		default:
 			target = to
 		}
 		flying[m.ConnectionID] = target
@@ -186,7 +192,10 @@ func build(v View, l Limits, withConns bool) *state {
 		if p >= 0 && flying != nil {
 			if to, ok := flying[c.ID]; ok {
 				move = false
-				if to >= 0 && to != p {
+				switch {
+				case to == replaced:
+					p = -1 // its new connection counts instead
+				case to >= 0 && to != p:
 					p = to
 					s.proxies[to].incoming++
 				}
@@ -271,8 +280,8 @@ func classify(pv *ProxyView, v View, l Limits) kind {
 
 // excess is how many connections p must shed: all of a draining proxy's,
 // an overloaded one's above its shed floor, an eligible one's above hi.
-// An eligible proxy with moves still arriving is not judged until they
-// land: its count may include an accepted move twice.
+// An eligible proxy with PENDING moves arriving is not judged until they
+// are accepted: they count in it, but the agent may yet fail to arrive.
 func (s *state) excess(i int32) int {
 	p := &s.proxies[i]
 	switch p.kind {

@@ -33,7 +33,12 @@ type ConnView struct {
 }
 
 // InFlight is an unfinished (PENDING or ACCEPTED) move.
-type InFlight struct{ ConnectionID, From, To string }
+type InFlight struct {
+	ConnectionID, From, To string
+	// Accepted: the agent has opened the new connection at To, which the
+	// view lists; the old one only finishes its streams and then closes.
+	Accepted bool
+}
 
 // View is the read-only state one Plan call works on. The planner never
 // modifies it, keeps no reference to it, and reads no clock but Now.
