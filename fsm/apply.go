@@ -275,18 +275,22 @@ func (s *State) finishMove(m *berthv1.Move, st berthv1.MoveState, abortReason st
 // the moves it takes part in: as the moved connection, a PENDING move is
 // aborted and an ACCEPTED one completed (make-before-break finished: the
 // new connection is up and the old one is gone); as the new connection of
-// an ACCEPTED move, that move is aborted and the old connection stays.
+// an ACCEPTED move, that move is aborted and the old connection stays,
+// unless the connection had itself moved on (its own move completes here),
+// in which case the earlier move still waits for its old connection.
 func (s *State) dropConn(c *berthv1.Connection) {
 	s.delConn(c.Id)
+	movedOn := false
 	if m := s.moves[c.MoveId]; c.MoveId != "" && m != nil {
 		switch m.State {
 		case berthv1.MoveState_MOVE_STATE_PENDING:
 			s.finishMove(m, berthv1.MoveState_MOVE_STATE_ABORTED, "connection closed")
 		case berthv1.MoveState_MOVE_STATE_ACCEPTED:
 			s.finishMove(m, berthv1.MoveState_MOVE_STATE_COMPLETED, "")
+			movedOn = true
 		}
 	}
-	if mid, ok := s.acceptedBy[c.Id]; ok {
+	if mid, ok := s.acceptedBy[c.Id]; ok && !movedOn {
 		s.finishMove(s.moves[mid], berthv1.MoveState_MOVE_STATE_ABORTED, "new connection closed")
 	}
 }
@@ -546,9 +550,8 @@ func (s *State) createMoves(moves []*berthv1.Move) error {
 		if c.State != berthv1.ConnectionState_CONNECTION_STATE_ACTIVE || c.MoveId != "" {
 			return precondition("%s.connection_id: connection %q is %v, not ACTIVE", f, c.Id, c.State)
 		}
-		if mid, ok := s.acceptedBy[c.Id]; ok {
-			return precondition("%s.connection_id: connection %q is the new connection of move %q, which is not finished", f, c.Id, mid)
-		}
+		// The new connection of an ACCEPTED move may move on (a chain):
+		// the earlier move still completes when its old connection closes.
 		if j, ok := conns[c.Id]; ok {
 			return precondition("%s.connection_id: connection %q is also moved by moves[%d]", f, c.Id, j)
 		}

@@ -407,8 +407,11 @@ func checkInvariants(s *State) error {
 				return fmt.Errorf("unfinished move %q to unknown proxy", id)
 			}
 			if m.State == moveAccepted {
+				// The new connection is ACTIVE at the target, or has moved
+				// on: MOVING away from the target by another move, or gone
+				// once that move completed.
 				nc := s.conns[m.NewConnectionId]
-				if nc == nil || nc.ProxyId != m.ToProxyId || nc.State != connActive {
+				if nc != nil && (nc.ProxyId != m.ToProxyId || (nc.State != connActive && (nc.MoveId == "" || nc.MoveId == id))) {
 					return fmt.Errorf("ACCEPTED move %q: new connection %v", id, nc)
 				}
 				if prev, dup := accepted[m.NewConnectionId]; dup {

@@ -74,7 +74,6 @@ func TestCreateMovesRefused(t *testing.T) {
 		{"to cordoned", []*berthv1.Move{mv("m9", "a3", "a", "c")}, codePrecondition, "CORDONED, not ACTIVE"},
 		// All or nothing: a good move before a bad one is not created.
 		{"later move bad", []*berthv1.Move{mv("m9", "a3", "a", "b"), mv("m10", "b1", "b", "c")}, codePrecondition, "moves[1].to_proxy_id"},
-		{"new side of accepted move", []*berthv1.Move{mv("m9", "b2", "b", "a")}, codePrecondition, `new connection of move "m1"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,6 +85,47 @@ func TestCreateMovesRefused(t *testing.T) {
 				t.Errorf("message %q does not contain %q", res.Message, tt.msg)
 			}
 		})
+	}
+}
+
+// TestChainedMove moves the new connection of an ACCEPTED move on before
+// that move completes (its old connection still finishing a long stream):
+// a drain must not wait for an unrelated WebSocket to end.
+func TestChainedMove(t *testing.T) {
+	h := moveSetup(t)
+	h.ok(createMoves(mv("m1", "a1", "a", "b")))
+	h.ok(connEvents("b", openMoveEv(conn("b2", "web"), "m1")))
+	// b drains; b2 moves on to a while a1 still serves its stream.
+	h.ok(createMoves(mv("m2", "b2", "b", "a")))
+	if c := h.conn("b2"); c.State != connMoving || c.MoveId != "m2" {
+		t.Errorf("b2 %v", c)
+	}
+	// A connection of an unfinished move can still not be the new side of
+	// another.
+	h.ok(connEvents("a", openMoveEv(conn("a9", "web"), "m2")))
+	if m := h.move("m2"); m.State != moveAccepted || m.NewConnectionId != "a9" {
+		t.Errorf("m2 %v", m)
+	}
+	// b closes b2 once its streams are done, which completes m2; m1 is
+	// not aborted by it: its new connection moved on, it did not fail.
+	h.ok(connEvents("b", closeEv("b2")))
+	if m := h.move("m2"); m.State != moveCompleted {
+		t.Errorf("m2 %v, want COMPLETED", m)
+	}
+	if c, ok := h.s.Connection("b2"); ok {
+		t.Errorf("b2 still there after m2 completed: %v", c)
+	}
+	if m := h.move("m1"); m.State != moveAccepted {
+		t.Errorf("m1 %v, want still ACCEPTED", m)
+	}
+	// a1's last stream ends: a completes m1 naming the connection the
+	// agent first moved to, though it has moved on since.
+	h.ok(updateMove("m1", moveCompleted, "b2", ""))
+	if c, ok := h.s.Connection("a1"); ok {
+		t.Errorf("a1 still there after m1 completed: %v", c)
+	}
+	if c := h.conn("a9"); c.State != connActive {
+		t.Errorf("a9 %v", c)
 	}
 }
 
