@@ -182,15 +182,58 @@ func (r *rebalancer) round(ctx context.Context, dryRun bool) ([]*berthv1.Move, e
 	if dryRun || len(out) == 0 {
 		return out, nil
 	}
-	cmd := &berthv1.Command{NowUnixMs: now.UnixMilli(), Kind: &berthv1.Command_CreateMoves{CreateMoves: &berthv1.CreateMovesCommand{Moves: out}}}
-	if _, err := r.n.applyAsLeader(ctx, cmd); err != nil {
-		return nil, fmt.Errorf("commit %d moves: %w", len(out), err)
+	out, err := r.commit(ctx, out, now)
+	if err != nil {
+		return nil, err
 	}
 	for _, m := range out {
 		r.n.metrics.moves.WithLabelValues("started", m.Reason).Inc()
 	}
 	r.n.logger.Info("rebalance: moves issued", "moves", len(out))
 	return out, nil
+}
+
+// commit creates the planned moves in one entry. The FSM takes a batch
+// all or nothing, so if it refuses one move as out of date (the plan was
+// made from this node's committed state, but a proxy may have changed it
+// since), the moves are retried one by one: a single stale move must not
+// hold back every other one round after round.
+func (r *rebalancer) commit(ctx context.Context, moves []*berthv1.Move, now time.Time) ([]*berthv1.Move, error) {
+	create := func(ms []*berthv1.Move) error {
+		cmd := &berthv1.Command{NowUnixMs: now.UnixMilli(), Kind: &berthv1.Command_CreateMoves{CreateMoves: &berthv1.CreateMovesCommand{Moves: ms}}}
+		_, err := r.n.applyAsLeader(ctx, cmd)
+		return err
+	}
+	err := create(moves)
+	if err == nil {
+		return moves, nil
+	}
+	if len(moves) == 1 || !outOfDate(err) {
+		return nil, fmt.Errorf("commit %d moves: %w", len(moves), err)
+	}
+	r.n.logger.Warn("rebalance: plan refused as a batch; committing its moves one by one", "moves", len(moves), "err", err)
+	var done []*berthv1.Move
+	for _, m := range moves {
+		if err := create([]*berthv1.Move{m}); err != nil {
+			if !outOfDate(err) {
+				return done, fmt.Errorf("commit move %s: %w", m.Id, err)
+			}
+			r.n.logger.Warn("rebalance: move refused", "move", m.Id, "connection", m.ConnectionId, "err", err)
+			continue
+		}
+		done = append(done, m)
+	}
+	return done, nil
+}
+
+// outOfDate reports whether the FSM refused a command for the state it
+// met (a connection or proxy gone or changed), not for its form.
+func outOfDate(err error) bool {
+	switch fsm.ResultCode(err) {
+	case berthv1.ResultCode_RESULT_CODE_NOT_FOUND, berthv1.ResultCode_RESULT_CODE_FAILED_PRECONDITION:
+		return true
+	}
+	return false
 }
 
 // expire aborts PENDING moves past their deadline (the agent never reached
@@ -248,17 +291,31 @@ func (r *rebalancer) view(proxies []*berthv1.Proxy, conns []*berthv1.Connection,
 		}
 		v.Proxies = append(v.Proxies, pv)
 	}
+	// A connection that arrived by a move cools down from when that move
+	// started; committed moves tell a new leader as much as the old one
+	// remembered.
+	arrived := map[string]time.Time{}
+	for _, m := range moves {
+		if m.NewConnectionId != "" && m.State != berthv1.MoveState_MOVE_STATE_ABORTED {
+			arrived[m.NewConnectionId] = time.UnixMilli(m.CreatedUnixMs)
+		}
+	}
 	for _, c := range conns {
+		last := r.movedAt[c.Id]
+		if t, ok := arrived[c.Id]; ok && t.After(last) {
+			last = t
+		}
 		v.Connections = append(v.Connections, scheduler.ConnView{
 			ID: c.Id, ProxyID: c.ProxyId, Endpoints: c.Endpoints,
 			Moving:      c.State == berthv1.ConnectionState_CONNECTION_STATE_MOVING,
 			OpenedAt:    time.UnixMilli(c.OpenedUnixMs),
-			LastMovedAt: r.movedAt[c.Id],
+			LastMovedAt: last,
 		})
 	}
 	for _, m := range moves {
 		if m.State == berthv1.MoveState_MOVE_STATE_PENDING || m.State == berthv1.MoveState_MOVE_STATE_ACCEPTED {
-			v.InFlight = append(v.InFlight, scheduler.InFlight{ConnectionID: m.ConnectionId, From: m.FromProxyId, To: m.ToProxyId})
+			v.InFlight = append(v.InFlight, scheduler.InFlight{ConnectionID: m.ConnectionId, From: m.FromProxyId, To: m.ToProxyId,
+				Accepted: m.State == berthv1.MoveState_MOVE_STATE_ACCEPTED})
 		}
 	}
 	return v

@@ -93,6 +93,35 @@ func TestRebalancePlansOnTheLeader(t *testing.T) {
 	}
 }
 
+// A plan the FSM refuses as a batch because one move is out of date (its
+// connection changed after the plan was made) still commits the rest.
+func TestRebalanceCommitsAroundAStaleMove(t *testing.T) {
+	c := controlplanetest.MakeCluster(t, 1, controlplanetest.Options{Configure: func(_ int, cfg *controlplane.Config) {
+		cfg.Rebalance.Enabled = false
+	}})
+	imbalanced(t, c, 0, 3)
+	deadline := time.Now().Add(time.Minute).UnixMilli()
+	plan := []*berthv1.Move{
+		{Id: "mv-good-1", ConnectionId: "c00", FromProxyId: "p1", ToProxyId: "p2", Reason: "balance", DeadlineUnixMs: deadline},
+		{Id: "mv-stale", ConnectionId: "gone", FromProxyId: "p1", ToProxyId: "p2", Reason: "balance", DeadlineUnixMs: deadline},
+		{Id: "mv-good-2", ConnectionId: "c01", FromProxyId: "p1", ToProxyId: "p2", Reason: "balance", DeadlineUnixMs: deadline},
+	}
+	done, err := c.Node(0).CommitMoves(ctxT(t), plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(done) != 2 || done[0].Id != "mv-good-1" || done[1].Id != "mv-good-2" {
+		t.Fatalf("committed %v, want the two good moves", done)
+	}
+	got := map[string]berthv1.MoveState{}
+	for _, m := range moves(t, c, 0) {
+		got[m.Id] = m.State
+	}
+	if len(got) != 2 || got["mv-good-1"] != berthv1.MoveState_MOVE_STATE_PENDING || got["mv-good-2"] != berthv1.MoveState_MOVE_STATE_PENDING {
+		t.Fatalf("registry moves %v", got)
+	}
+}
+
 func TestStaleLeaderSchedulesNothing(t *testing.T) {
 	c := controlplanetest.MakeCluster(t, 3, controlplanetest.Options{Configure: func(i int, cfg *controlplane.Config) {
 		// Only node 0 (the first leader) runs the planner, so any move in
