@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -37,11 +38,15 @@ type traffic struct {
 	mu         sync.Mutex
 	errs       []string
 	done       chan struct{}
+	stopOnce   sync.Once
 	wg         sync.WaitGroup
 }
 
 func startTraffic(t testing.TB, e *dataplanetest.Env, endpoint string, workers int) *traffic {
 	tr := &traffic{done: make(chan struct{})}
+	// A test that fails early still stops its load before the
+	// environment's cleanups look for leaked goroutines.
+	t.Cleanup(func() { tr.stop() })
 	for w := range workers {
 		tr.wg.Add(1)
 		go func() {
@@ -77,7 +82,7 @@ func startTraffic(t testing.TB, e *dataplanetest.Env, endpoint string, workers i
 
 // stop ends the traffic and returns what it saw.
 func (tr *traffic) stop() (ok, failed int64, errs []string) {
-	close(tr.done)
+	tr.stopOnce.Do(func() { close(tr.done) })
 	tr.wg.Wait()
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
@@ -109,6 +114,30 @@ func counts(t *testing.T, e *dataplanetest.Env) map[string]int {
 		}
 	}
 	return out
+}
+
+// describeMoves lists every connection and move, for failure messages.
+func describeMoves(t *testing.T, e *dataplanetest.Env) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	admin := e.CP.Admin(e.CP.Leader())
+	var b strings.Builder
+	if resp, err := admin.ListConnections(ctx, &berthv1.ListConnectionsRequest{}); err == nil {
+		for _, c := range resp.Connections {
+			fmt.Fprintf(&b, "  connection %s agent=%s proxy=%s %v move=%s endpoints=%v\n", c.Id, c.AgentId, c.ProxyId, c.State, c.MoveId, c.Endpoints)
+		}
+	}
+	if resp, err := admin.ListMoves(ctx, &berthv1.ListMovesRequest{}); err == nil {
+		for _, m := range resp.Moves {
+			fmt.Fprintf(&b, "  move %s %s %s->%s %v new=%s %q\n", m.Id, m.ConnectionId, m.FromProxyId, m.ToProxyId, m.State, m.NewConnectionId, m.AbortReason)
+		}
+	}
+	if resp, err := admin.ListProxies(ctx, &berthv1.ListProxiesRequest{}); err == nil {
+		for _, p := range resp.Proxies {
+			fmt.Fprintf(&b, "  proxy %s %v %v\n", p.Id, p.Status, p.Health)
+		}
+	}
+	return b.String()
 }
 
 // longStreams holds WebSocket and TCP streams open through the proxies and
@@ -208,7 +237,7 @@ func TestScaleOutAndDrainLoseNothing(t *testing.T) {
 	controlplanetest.Eventually(t, 60*time.Second, func() error {
 		n := counts(t, e)
 		if n["proxy-2"] < 3 || n["proxy-2"] > 5 || len(n) != 3 {
-			return fmt.Errorf("connections per proxy: %v", n)
+			return fmt.Errorf("connections per proxy: %v\n%s", n, describeMoves(t, e))
 		}
 		return nil
 	})
@@ -223,7 +252,7 @@ func TestScaleOutAndDrainLoseNothing(t *testing.T) {
 	controlplanetest.Eventually(t, 60*time.Second, func() error {
 		n := counts(t, e)
 		if n["proxy-0"] != 0 || n["proxy-1"]+n["proxy-2"] != agents {
-			return fmt.Errorf("connections per proxy: %v", n)
+			return fmt.Errorf("connections per proxy: %v\n%s", n, describeMoves(t, e))
 		}
 		return nil
 	})
@@ -231,6 +260,7 @@ func TestScaleOutAndDrainLoseNothing(t *testing.T) {
 	tr.finish(t)
 	// Old tunnels that still carry a long-lived stream close once it ends.
 	streams.close()
+	var finished []*berthv1.Move
 	controlplanetest.Eventually(t, 60*time.Second, func() error {
 		if conns := e.WaitConnections("web", agents); len(conns) != agents {
 			return fmt.Errorf("%d connections", len(conns))
@@ -240,24 +270,31 @@ func TestScaleOutAndDrainLoseNothing(t *testing.T) {
 				return fmt.Errorf("proxy-0 still holds %s", c.Id)
 			}
 		}
+		// A move whose old connection carried a long stream finishes once
+		// that stream has ended and the old connection is closed.
+		resp, err := e.CP.Admin(e.CP.Leader()).ListMoves(context.Background(), &berthv1.ListMovesRequest{Consistency: berthv1.Consistency_CONSISTENCY_LINEARIZABLE})
+		if err != nil {
+			return err
+		}
+		for _, m := range resp.Moves {
+			if m.State == berthv1.MoveState_MOVE_STATE_PENDING || m.State == berthv1.MoveState_MOVE_STATE_ACCEPTED {
+				return fmt.Errorf("move %s is still %v\n%s", m.Id, m.State, describeMoves(t, e))
+			}
+		}
+		finished = resp.Moves
 		return nil
 	})
 
-	// Every move finished; none was left half-done.
-	resp, err := e.CP.Admin(0).ListMoves(context.Background(), &berthv1.ListMovesRequest{Consistency: berthv1.Consistency_CONSISTENCY_LINEARIZABLE})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Every move finished; none was aborted.
 	completed := 0
-	for _, m := range resp.Moves {
+	for _, m := range finished {
 		if m.State == berthv1.MoveState_MOVE_STATE_COMPLETED {
 			completed++
 		}
 	}
-	t.Logf("%d moves, %d completed", len(resp.Moves), completed)
-	// At least one move for the scale-out and one per connection drained,
-	// and every move completed (none aborted, none left half-done).
-	if completed != len(resp.Moves) || completed < onZero+1 {
-		t.Fatalf("%d of %d moves completed; proxy-0 held %d before the drain", completed, len(resp.Moves), onZero)
+	t.Logf("%d moves, %d completed", len(finished), completed)
+	// At least one move for the scale-out and one per connection drained.
+	if completed != len(finished) || completed < onZero+1 {
+		t.Fatalf("%d of %d moves completed; proxy-0 held %d before the drain\n%s", completed, len(finished), onZero, describeMoves(t, e))
 	}
 }

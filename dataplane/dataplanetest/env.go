@@ -74,6 +74,10 @@ func Start(t testing.TB, opts Options) *Env {
 	if os.Getenv("BERTH_TEST_TLS") == "1" {
 		opts.TLS = true
 	}
+	// BERTH_TEST_LOGS=1 shows every node's, proxy's and agent's logs.
+	if os.Getenv("BERTH_TEST_LOGS") == "1" {
+		opts.Logs = true
+	}
 	e := &Env{t: t, opts: opts}
 	e.CP = controlplanetest.MakeCluster(t, opts.ControlPlaneNodes, controlplanetest.Options{Logs: opts.Logs, Configure: opts.ConfigureNode, TLS: opts.TLS})
 	if opts.TLS {
