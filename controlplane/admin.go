@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -76,25 +77,19 @@ func validMoveStates(in []berthv1.MoveState) error {
 }
 
 func (a *adminServer) ListProxies(ctx context.Context, req *berthv1.ListProxiesRequest) (*berthv1.ListProxiesResponse, error) {
-	if err := validStatuses(req.Statuses); err != nil {
-		return nil, toStatus(err)
-	}
-	after, limit, err := pageArgs(req.PageSize, req.PageToken)
-	if err != nil {
-		return nil, toStatus(err)
-	}
 	resp := &berthv1.ListProxiesResponse{ConnectionCounts: map[string]uint32{}}
-	var next string
-	idx, err := a.n.Read(ctx, req.Consistency, func(s *fsm.State) {
-		resp.Proxies, next = s.ListProxies(fsm.ProxyFilter{Statuses: req.Statuses, Region: req.Region}, after, limit)
-		for _, p := range resp.Proxies {
-			resp.ConnectionCounts[p.Id] = uint32(s.ConnectionCount(p.Id))
-		}
-	})
+	var err error
+	resp.Proxies, resp.NextPageToken, resp.Header, err = listPage(ctx, a, req.Consistency, req.PageSize, req.PageToken, validStatuses(req.Statuses),
+		func(s *fsm.State, after string, limit int) ([]*berthv1.Proxy, string) {
+			ps, next := s.ListProxies(fsm.ProxyFilter{Statuses: req.Statuses, Region: req.Region}, after, limit)
+			for _, p := range ps {
+				resp.ConnectionCounts[p.Id] = uint32(s.ConnectionCount(p.Id))
+			}
+			return ps, next
+		})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
-	resp.NextPageToken, resp.Header = pageToken(next), a.header(idx)
 	resp.Load = a.n.loadFor(ctx, resp.Proxies)
 	var all []*berthv1.Proxy
 	a.n.fsm.View(func(s *fsm.State, _ uint64) { all, _ = s.ListProxies(fsm.ProxyFilter{}, "", 0) })
@@ -169,24 +164,15 @@ func (a *adminServer) GetProxy(ctx context.Context, req *berthv1.GetProxyRequest
 }
 
 func (a *adminServer) ListEndpoints(ctx context.Context, req *berthv1.ListEndpointsRequest) (*berthv1.ListEndpointsResponse, error) {
-	if req.ProxyId != "" {
-		if err := fsm.ValidateID("proxy_id", req.ProxyId); err != nil {
-			return nil, toStatus(err)
-		}
-	}
-	after, limit, err := pageArgs(req.PageSize, req.PageToken)
-	if err != nil {
-		return nil, toStatus(err)
-	}
 	resp := &berthv1.ListEndpointsResponse{}
-	var next string
-	idx, err := a.n.Read(ctx, req.Consistency, func(s *fsm.State) {
-		resp.Endpoints, next = s.ListEndpoints(req.ProxyId, after, limit)
-	})
+	var err error
+	resp.Endpoints, resp.NextPageToken, resp.Header, err = listPage(ctx, a, req.Consistency, req.PageSize, req.PageToken, optionalID("proxy_id", req.ProxyId),
+		func(s *fsm.State, after string, limit int) ([]*berthv1.Endpoint, string) {
+			return s.ListEndpoints(req.ProxyId, after, limit)
+		})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
-	resp.NextPageToken, resp.Header = pageToken(next), a.header(idx)
 	resp.Connectivity = a.n.connectivityFor(ctx, resp.Endpoints)
 	return resp, nil
 }
@@ -200,29 +186,19 @@ func (a *adminServer) GetEndpoint(ctx context.Context, req *berthv1.GetEndpointR
 }
 
 func (a *adminServer) ListConnections(ctx context.Context, req *berthv1.ListConnectionsRequest) (*berthv1.ListConnectionsResponse, error) {
-	if req.ProxyId != "" {
-		if err := fsm.ValidateID("proxy_id", req.ProxyId); err != nil {
-			return nil, toStatus(err)
-		}
-	}
+	var invalid error
 	if req.Endpoint != "" {
-		if err := fsm.ValidateEndpointName(req.Endpoint); err != nil {
-			return nil, toStatus(err)
-		}
-	}
-	after, limit, err := pageArgs(req.PageSize, req.PageToken)
-	if err != nil {
-		return nil, toStatus(err)
+		invalid = fsm.ValidateEndpointName(req.Endpoint)
 	}
 	resp := &berthv1.ListConnectionsResponse{}
-	var next string
-	idx, err := a.n.Read(ctx, req.Consistency, func(s *fsm.State) {
-		resp.Connections, next = s.ListConnections(fsm.ConnectionFilter{ProxyID: req.ProxyId, Endpoint: req.Endpoint}, after, limit)
-	})
+	var err error
+	resp.Connections, resp.NextPageToken, resp.Header, err = listPage(ctx, a, req.Consistency, req.PageSize, req.PageToken, cmp.Or(optionalID("proxy_id", req.ProxyId), invalid),
+		func(s *fsm.State, after string, limit int) ([]*berthv1.Connection, string) {
+			return s.ListConnections(fsm.ConnectionFilter{ProxyID: req.ProxyId, Endpoint: req.Endpoint}, after, limit)
+		})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
-	resp.NextPageToken, resp.Header = pageToken(next), a.header(idx)
 	return resp, nil
 }
 
@@ -235,27 +211,16 @@ func (a *adminServer) GetConnection(ctx context.Context, req *berthv1.GetConnect
 }
 
 func (a *adminServer) ListMoves(ctx context.Context, req *berthv1.ListMovesRequest) (*berthv1.ListMovesResponse, error) {
-	if err := validMoveStates(req.States); err != nil {
-		return nil, toStatus(err)
-	}
-	if req.ProxyId != "" {
-		if err := fsm.ValidateID("proxy_id", req.ProxyId); err != nil {
-			return nil, toStatus(err)
-		}
-	}
-	after, limit, err := pageArgs(req.PageSize, req.PageToken)
-	if err != nil {
-		return nil, toStatus(err)
-	}
 	resp := &berthv1.ListMovesResponse{}
-	var next string
-	idx, err := a.n.Read(ctx, req.Consistency, func(s *fsm.State) {
-		resp.Moves, next = s.ListMoves(fsm.MoveFilter{States: req.States, ProxyID: req.ProxyId}, after, limit)
-	})
+	var err error
+	resp.Moves, resp.NextPageToken, resp.Header, err = listPage(ctx, a, req.Consistency, req.PageSize, req.PageToken,
+		cmp.Or(validMoveStates(req.States), optionalID("proxy_id", req.ProxyId)),
+		func(s *fsm.State, after string, limit int) ([]*berthv1.Move, string) {
+			return s.ListMoves(fsm.MoveFilter{States: req.States, ProxyID: req.ProxyId}, after, limit)
+		})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
-	resp.NextPageToken, resp.Header = pageToken(next), a.header(idx)
 	return resp, nil
 }
 
@@ -265,6 +230,38 @@ func (a *adminServer) GetMove(ctx context.Context, req *berthv1.GetMoveRequest) 
 		return nil, err
 	}
 	return &berthv1.GetMoveResponse{Move: m, Header: h}, nil
+}
+
+// listPage is every List call: refuse invalid filters (invalid is the
+// first problem, or nil) and page arguments, read one page at the asked
+// consistency, and return it with the next page's token. Errors come back
+// as gRPC statuses.
+func listPage[T any](ctx context.Context, a *adminServer, c berthv1.Consistency, size uint32, token string, invalid error,
+	list func(s *fsm.State, after string, limit int) ([]T, string)) ([]T, string, *berthv1.ReadHeader, error) {
+	if invalid != nil {
+		return nil, "", nil, toStatus(invalid)
+	}
+	after, limit, err := pageArgs(size, token)
+	if err != nil {
+		return nil, "", nil, toStatus(err)
+	}
+	var (
+		out  []T
+		next string
+	)
+	idx, err := a.n.Read(ctx, c, func(s *fsm.State) { out, next = list(s, after, limit) })
+	if err != nil {
+		return nil, "", nil, toStatus(err)
+	}
+	return out, pageToken(next), a.header(idx), nil
+}
+
+// optionalID validates an id filter that may be left empty.
+func optionalID(field, id string) error {
+	if id == "" {
+		return nil
+	}
+	return fsm.ValidateID(field, id)
 }
 
 // getOne is every Get call: refuse an invalid key (invalid is its

@@ -4,12 +4,9 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"fmt"
+	"io"
+	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/pflag"
 
@@ -19,10 +16,7 @@ import (
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
-		if !errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "berth-proxy:", err)
-		}
-		os.Exit(2)
+		conf.Exit("berth-proxy", err)
 	}
 }
 
@@ -30,22 +24,7 @@ func run(args []string) error {
 	cfg := proxy.Default()
 	fs := pflag.NewFlagSet("berth-proxy", pflag.ContinueOnError)
 	cfg.RegisterFlags(fs)
-	fs.String("config", "", "YAML file whose keys are these flag names")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
-	if err := conf.Load(fs, args, "BERTH_PROXY_", "config"); err != nil {
-		return err
-	}
-	logger, err := conf.Logger(*level)
-	if err != nil {
-		return err
-	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	p, err := proxy.New(cfg, logger)
-	if err != nil {
-		return err
-	}
-	<-ctx.Done()
-	return p.Close()
+	return conf.Run(fs, args, "BERTH_PROXY_", func(logger *slog.Logger) (io.Closer, error) {
+		return proxy.New(cfg, logger)
+	})
 }

@@ -4,13 +4,10 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
-	"fmt"
+	"io"
+	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/pflag"
 
@@ -20,10 +17,7 @@ import (
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
-		if !errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "berthd:", err)
-		}
-		os.Exit(2)
+		conf.Exit("berthd", err)
 	}
 }
 
@@ -33,22 +27,7 @@ func run(args []string) error {
 	cfg.RegisterFlags(goFlags)
 	fs := pflag.NewFlagSet("berthd", pflag.ContinueOnError)
 	fs.AddGoFlagSet(goFlags)
-	fs.String("config", "", "YAML file whose keys are these flag names")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
-	if err := conf.Load(fs, args, "BERTH_", "config"); err != nil {
-		return err
-	}
-	logger, err := conf.Logger(*level)
-	if err != nil {
-		return err
-	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	node, err := controlplane.New(cfg, logger, controlplane.Deps{})
-	if err != nil {
-		return err
-	}
-	<-ctx.Done()
-	return node.Close()
+	return conf.Run(fs, args, "BERTH_", func(logger *slog.Logger) (io.Closer, error) {
+		return controlplane.New(cfg, logger, controlplane.Deps{})
+	})
 }

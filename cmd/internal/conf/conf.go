@@ -6,12 +6,16 @@
 package conf
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
@@ -115,4 +119,36 @@ func Logger(level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("log-level: %w", err)
 	}
 	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+// Run is a daemon's life: it adds --config and --log-level to fs, loads
+// args, the environment (envPrefix) and the file into it, starts the
+// service with a logger, and closes the service on SIGINT or SIGTERM.
+func Run(fs *pflag.FlagSet, args []string, envPrefix string, start func(*slog.Logger) (io.Closer, error)) error {
+	fs.String("config", "", "YAML file whose keys are these flag names")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := Load(fs, args, envPrefix, "config"); err != nil {
+		return err
+	}
+	logger, err := Logger(*level)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	svc, err := start(logger)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return svc.Close()
+}
+
+// Exit ends a daemon whose run returned err: silently for --help, else
+// with the error on stderr; the status is 2 either way.
+func Exit(name string, err error) {
+	if !errors.Is(err, pflag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, name+":", err)
+	}
+	os.Exit(2)
 }
