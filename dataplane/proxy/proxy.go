@@ -55,7 +55,7 @@ type Proxy struct {
 	tunnelAddr, downstreamAddr, peerAddr string
 	downstream, admin                    *http.Server
 	rp                                   *httputil.ReverseProxy
-	pools                                *transports
+	pools                                *streamPools
 	peerHTTP                             *peerHTTP
 	started                              time.Time
 	ctx                                  context.Context
@@ -163,7 +163,7 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 		p.goRun(func() { serveHTTP(p.admin, p.httpLn, p.logger) })
 	}
 	p.rp = p.newReverseProxy()
-	p.pools = newTransports(p)
+	p.pools = newStreamPools(p)
 	p.peerHTTP = newPeerHTTP(p)
 	p.goRun(func() { p.peerHTTP.run(p.logger) })
 	p.downstream = &http.Server{Handler: p, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(p.logger.Handler(), slog.LevelDebug)}

@@ -2,107 +2,13 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sync"
 	"time"
-
-	berthv1 "github.com/berthhq/berth/proto/berth/v1"
 )
-
-// Streams are pooled: HTTP requests to the same target and endpoint reuse
-// an idle tunnel stream (HTTP/1.1 keep-alive inside the stream), so a
-// request costs neither a stream handshake nor, behind the agent, a new
-// upstream connection. One http.Transport per (target, endpoint) keeps
-// pools apart; retiring a connection drops its transports.
-
-// dialError marks a failure to open a stream: nothing reached the
-// upstream, so the request may go to another target.
-type dialError struct{ err error }
-
-func (e *dialError) Error() string { return e.err.Error() }
-func (e *dialError) Unwrap() error { return e.err }
-
-type poolKey struct {
-	conn     string // local connection id ("" for a peer target)
-	peer     string
-	peerConn string // the connection a peer should use ("" for any)
-	endpoint string
-}
-
-type transports struct {
-	p  *Proxy
-	mu sync.Mutex
-	m  map[poolKey]*http.Transport
-}
-
-func newTransports(p *Proxy) *transports {
-	return &transports{p: p, m: map[poolKey]*http.Transport{}}
-}
-
-func keyOf(t target, endpoint string) poolKey {
-	if t.local != nil {
-		return poolKey{conn: t.local.id, endpoint: endpoint}
-	}
-	return poolKey{peer: t.peer, peerConn: t.connID, endpoint: endpoint}
-}
-
-func (ts *transports) get(t target, endpoint string) *http.Transport {
-	k := keyOf(t, endpoint)
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	if tr := ts.m[k]; tr != nil {
-		return tr
-	}
-	hdr := &berthv1.StreamHeader{Endpoint: endpoint, Kind: berthv1.StreamKind_STREAM_KIND_HTTP}
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			c, err := ts.p.openOn(ctx, t, hdr)
-			if err != nil {
-				return nil, &dialError{err}
-			}
-			return c, nil
-		},
-		MaxIdleConns:        0,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-		ForceAttemptHTTP2:   false,
-		// No response-header or overall timeout: long-polls and streams
-		// stay up as long as both ends want.
-	}
-	ts.m[k] = tr
-	return tr
-}
-
-// dropConn forgets every pool of local connection id and closes their idle
-// streams; streams carrying requests finish on their own.
-func (ts *transports) dropConn(id string) {
-	ts.drop(func(k poolKey) bool { return k.conn == id })
-}
-
-func (ts *transports) drop(match func(poolKey) bool) {
-	ts.mu.Lock()
-	var gone []*http.Transport
-	for k, tr := range ts.m {
-		if match(k) {
-			gone = append(gone, tr)
-			delete(ts.m, k)
-		}
-	}
-	ts.mu.Unlock()
-	for _, tr := range gone {
-		tr.CloseIdleConnections()
-	}
-}
-
-func (ts *transports) closeAll() {
-	ts.drop(func(poolKey) bool { return true })
-}
 
 // errAllRefused: every candidate refused the stream; nothing was sent.
 var errAllRefused = errors.New("every upstream connection refused the stream")
@@ -171,7 +77,7 @@ func (p *Proxy) RoundTrip(req *http.Request) (*http.Response, error) {
 // sent" answer, comes back as an error for which notSent holds.
 func (p *Proxy) tryTarget(req *http.Request, t target, endpoint string) (*http.Response, error) {
 	done := p.begin(t)
-	resp, err := p.pools.get(t, endpoint).RoundTrip(req)
+	resp, err := p.pools.get(t, endpoint).roundTrip(req)
 	if err != nil {
 		done()
 		var de *dialError
