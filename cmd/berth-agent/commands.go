@@ -52,6 +52,8 @@ func serveCmd(getenv func(string) string, logger func() (*slog.Logger, error)) *
 		endpoints []string
 		tlsOpts   agent.TLSOptions
 		tokenFile string
+		httpAddr  string
+		admin     agent.AdminOptions
 	)
 	cmd := &cobra.Command{
 		Use:     "serve --proxy HOST:PORT --endpoint NAME=LOCAL_ADDR [--endpoint ...]",
@@ -77,9 +79,24 @@ func serveCmd(getenv func(string) string, logger func() (*slog.Logger, error)) *
 			if err != nil {
 				return err
 			}
+			if admin.Pprof && httpAddr == "" {
+				return errors.New("pprof: needs --http-addr")
+			}
 			a, err := agent.New(cfg, log)
 			if err != nil {
 				return err
+			}
+			if httpAddr != "" {
+				ln, err := net.Listen("tcp", httpAddr)
+				if err != nil {
+					_ = a.Close()
+					return fmt.Errorf("http-addr: %w", err)
+				}
+				go func() {
+					if err := agent.ServeAdmin(cmd.Context(), ln, admin); err != nil {
+						log.Error("admin http server stopped", "err", err)
+					}
+				}()
 			}
 			fwd := make(chan error, 1)
 			go func() { fwd <- agent.Forward(a, targets, log) }()
@@ -91,6 +108,8 @@ func serveCmd(getenv func(string) string, logger func() (*slog.Logger, error)) *
 	fs := cmd.Flags()
 	cfg.RegisterFlags(fs)
 	fs.StringSliceVar(&endpoints, "endpoint", nil, "endpoint to serve as NAME=LOCAL_HOST:PORT; repeat or comma-separate")
+	fs.StringVar(&httpAddr, "http-addr", "", "address for /healthz (and /debug/pprof/ with --pprof); empty: off")
+	fs.BoolVar(&admin.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --http-addr")
 	fs.StringVar(&tokenFile, "token-file", "", "file holding the agent token (or set "+envToken+")")
 	tlsOpts.RegisterFlags(fs)
 	return cmd

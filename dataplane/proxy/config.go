@@ -38,6 +38,9 @@ type Config struct {
 	PeerAddr            string
 	PeerAdvertise       string
 	HTTPAddr            string
+	// Pprof serves net/http/pprof under /debug/pprof/ on HTTPAddr, so a
+	// live proxy can be profiled.
+	Pprof bool
 
 	// ControlPlane is how the proxy reaches berthd.
 	ControlPlane client.Config
@@ -127,6 +130,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("http-addr: %w", err)
 		}
 	}
+	if c.Pprof && c.HTTPAddr == "" {
+		return errors.New("pprof: needs --http-addr")
+	}
 	if c.HashHeader != "" && c.HashCookie != "" {
 		return errors.New("hash-header and hash-cookie exclude each other")
 	}
@@ -183,6 +189,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.PeerAddr, "peer-addr", c.PeerAddr, "where other proxies open peer links")
 	fs.StringVar(&c.PeerAdvertise, "peer-advertise", c.PeerAdvertise, "peer address others are told")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "address for /metrics, /healthz and /readyz (empty: off)")
+	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve net/http/pprof under /debug/pprof/ on --http-addr")
 	fs.StringVar(&c.HashHeader, "hash-header", c.HashHeader, "request header whose value is the ring-hash key")
 	fs.StringVar(&c.HashCookie, "hash-cookie", c.HashCookie, "cookie whose value is the ring-hash key")
 	fs.DurationVar(&c.CommitTimeout, "commit-timeout", c.CommitTimeout, "how long a new tunnel waits for the control plane before it is served anyway")

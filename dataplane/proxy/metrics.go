@@ -7,6 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/berthhq/berth/dataplane/debughttp"
 )
 
 // metrics are one proxy's Prometheus instruments, on its own registry.
@@ -49,6 +51,9 @@ func newMetrics(reg *prometheus.Registry, p *Proxy) *metrics {
 // not make it unready, by design).
 func (p *Proxy) adminHandler(reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
+	if p.cfg.Pprof {
+		debughttp.Register(mux)
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
