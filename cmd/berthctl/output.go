@@ -123,6 +123,11 @@ func toYAML(m proto.Message) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode json: %w", err)
 	}
+	return jsonToYAML(js)
+}
+
+// jsonToYAML lays a JSON document out as block-style YAML, keys in order.
+func jsonToYAML(js []byte) ([]byte, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(js, &doc); err != nil {
 		return nil, fmt.Errorf("convert json to yaml: %w", err)

@@ -82,6 +82,7 @@ its control plane. Give several --addr to fail over between nodes.`,
 		a.watchCmd(),
 		a.tlsCmd(),
 		a.tokenCmd(),
+		a.benchCmd(),
 	)
 	return root
 }
