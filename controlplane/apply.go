@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"time"
@@ -21,11 +22,18 @@ import (
 // the fsm sentinel error it maps to; a batch whose events were partly
 // refused returns a nil error and lists them in the result.
 //
-// Without a reachable leader Apply retries until ctx ends (bounded by the
-// apply timeout) and then returns *client.NotLeaderError.
+// Apply names the command with a fresh request id unless it has one, so
+// that sending it again after an unanswered attempt (a forward cut off by a
+// leader change) applies it at most once: the FSM answers a resend with the first
+// result. The id is written into cmd: never reuse a command value for
+// another write. Without a reachable leader Apply retries until ctx ends (bounded
+// by the apply timeout) and then returns *client.NotLeaderError.
 func (n *Node) Apply(ctx context.Context, cmd *berthv1.Command) (*berthv1.CommandResult, error) {
 	if cmd.NowUnixMs == 0 {
 		cmd.NowUnixMs = n.clock.Now().UnixMilli()
+	}
+	if len(cmd.RequestId) == 0 {
+		cmd.RequestId = newRequestID()
 	}
 	if err := fsm.ValidateCommand(cmd); err != nil {
 		return nil, err
@@ -63,20 +71,27 @@ func (n *Node) applyOrForward(ctx context.Context, cmd *berthv1.Command, data []
 	}
 }
 
-// errForwardUnavailable marks a forward that failed in transit: the leader
-// is gone or unreachable. Retrying is safe because every command is
-// idempotent by construction (upserts, closes of what is gone are no-ops,
-// IDs chosen before proposing, move transitions to the state they are in
-// succeed), so a forward that did reach the leader and is sent again
-// changes nothing more.
+// errForwardUnavailable marks a forward that failed in transit (the leader
+// is gone or unreachable) or that the leader answered with Unavailable: the
+// command may or may not have been appended.
 var errForwardUnavailable = errors.New("leader unreachable")
 
-// retryable errors mean the command was not appended, or appending it again
-// is harmless.
+// retryable errors mean the command was not appended, or that it may have
+// been and sending it again is safe: the request id makes a second copy in
+// the log a no-op (fsm's request table). Idempotence alone would not do:
+// a registration applied again after a later write to the same proxy
+// would silently revert that write.
 func retryable(err error) bool {
 	var notLeader *client.NotLeaderError
 	return errors.As(err, &notLeader) || errors.Is(err, raft.ErrNotLeader) ||
 		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, errForwardUnavailable)
+}
+
+// newRequestID is 16 random bytes: unique without coordination.
+func newRequestID() []byte {
+	id := make([]byte, 16)
+	_, _ = rand.Read(id) // never fails (crypto/rand)
+	return id
 }
 
 func (n *Node) tryApply(ctx context.Context, cmd *berthv1.Command, data []byte) (*berthv1.CommandResult, error) {

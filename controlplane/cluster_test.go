@@ -404,3 +404,46 @@ func dialT(t *testing.T, addr string) *grpc.ClientConn {
 	t.Cleanup(func() { _ = conn.Close() })
 	return conn
 }
+
+// A write resent under its request id (what a follower does when its
+// forward's answer is lost) applies once, even when another write to the
+// same proxy committed in between: the resend gets the first result and
+// does not revert the later write.
+func TestResentWriteAppliesOnce(t *testing.T) {
+	c := controlplanetest.MakeCluster(t, 3, controlplanetest.Options{})
+	f := follower(c)
+	labelled := func(value string) *berthv1.Command {
+		p := testProxy("p1")
+		p.Labels = map[string]string{"value": value}
+		return &berthv1.Command{Kind: &berthv1.Command_RegisterProxy{RegisterProxy: &berthv1.RegisterProxyCommand{Proxy: p}}}
+	}
+	first := labelled("a")
+	res, err := c.Node(f).Apply(ctxT(t), first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first.RequestId) == 0 {
+		t.Fatal("Apply did not name the command with a request id")
+	}
+	if _, err := c.Node(c.Leader()).Apply(ctxT(t), labelled("b")); err != nil {
+		t.Fatal(err)
+	}
+	resend := labelled("a")
+	resend.RequestId = first.RequestId
+	again, err := c.Node(f).Apply(ctxT(t), resend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Index != res.Index {
+		t.Fatalf("resend applied at %d, want the first result's index %d", again.Index, res.Index)
+	}
+	for i := range 3 {
+		p, err := getProxy(t, c, i, "p1", berthv1.Consistency_CONSISTENCY_LINEARIZABLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.Labels["value"]; got != "b" {
+			t.Fatalf("node %d: value %q after the resend, want the later write's %q", i, got, "b")
+		}
+	}
+}

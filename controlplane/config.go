@@ -191,6 +191,11 @@ func (c *Config) Validate() error {
 	if c.ApplyLimit.Timeout <= 0 {
 		return errors.New("apply-timeout: must be positive")
 	}
+	// A write is resent under its request id only while the FSM still
+	// remembers the id; half the window leaves room for clock skew.
+	if window := time.Duration(fsm.RequestWindow) * time.Millisecond / 2; c.ApplyLimit.Timeout > window {
+		return fmt.Errorf("apply-timeout %s: at most %s (half the FSM's request window)", c.ApplyLimit.Timeout, window)
+	}
 	if err := c.Rebalance.Validate(); err != nil {
 		return fmt.Errorf("rebalance: %w", err)
 	}

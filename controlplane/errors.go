@@ -23,9 +23,9 @@ var (
 	ErrInvalidArgument = errors.New("invalid argument")
 	// ErrShutdown is returned once the node is closing.
 	ErrShutdown = errors.New("node is shutting down")
-	// ErrOutcomeUnknown means leadership was lost after the write was
-	// appended: it may or may not commit. Callers must not blindly retry
-	// writes that are not idempotent.
+	// ErrOutcomeUnknown means leadership was lost, or the deadline passed,
+	// after the write was appended: it may or may not commit. A caller may
+	// resend the same command (same request id): it never applies twice.
 	ErrOutcomeUnknown = errors.New("leadership lost while applying: outcome unknown")
 )
 

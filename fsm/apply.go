@@ -23,9 +23,28 @@ import (
 // input; a bug that would panic is rolled back and reported with code
 // RESULT_CODE_UNSPECIFIED.
 //
-// The returned events and the objects they carry are shared with the state
-// and must not be modified.
-func (s *State) Apply(index uint64, cmd *berthv1.Command) (res *berthv1.CommandResult, events []*berthv1.Event) {
+// A command whose request_id the state remembers (see requestTable) is not
+// applied again: Apply returns the result it had the first time, and no
+// events. Only applied (OK) commands are remembered.
+//
+// The returned result, events and the objects they carry are shared with
+// the state and must not be modified.
+func (s *State) Apply(index uint64, cmd *berthv1.Command) (*berthv1.CommandResult, []*berthv1.Event) {
+	// An oversized id is refused by validation, so it is never added.
+	id := cmd.GetRequestId()
+	if first, ok := s.requests.lookup(id); ok {
+		return first, nil
+	}
+	res, events := s.apply(index, cmd)
+	if res.Code == berthv1.ResultCode_RESULT_CODE_OK {
+		// A refusal changed nothing; its resend may as well apply.
+		s.requests.add(id, cmd.GetNowUnixMs(), res)
+	}
+	return res, events
+}
+
+// apply is Apply without the request table.
+func (s *State) apply(index uint64, cmd *berthv1.Command) (res *berthv1.CommandResult, events []*berthv1.Event) {
 	res = &berthv1.CommandResult{Index: index}
 	if err := ValidateCommand(cmd); err != nil {
 		res.Code, res.Message = codeAndMessage(err)

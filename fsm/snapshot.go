@@ -30,6 +30,7 @@ type snapshotData struct {
 	servers   []*berthv1.Server
 	endpoints []*berthv1.Endpoint
 	tokens    []*berthv1.AdminToken
+	requests  []*appliedRequest // in the order they applied
 }
 
 // capture copies the object pointers out of the maps, unsorted: a few
@@ -44,6 +45,7 @@ func (s *State) capture(applied uint64) *snapshotData {
 		servers:   values(s.servers),
 		endpoints: values(s.endpoints),
 		tokens:    values(s.tokens),
+		requests:  s.requests.live(),
 	}
 }
 
@@ -62,7 +64,8 @@ func sortByID[T ider](xs []T) {
 }
 
 // writeTo streams the snapshot: a header, then proxies, connections, moves,
-// servers and endpoints, each sorted by id so equal states give equal bytes,
+// servers, endpoints and admin tokens, each sorted by id so equal states
+// give equal bytes, then the remembered requests in the order they applied,
 // then a trailer with the counts. Every record is a varint-length-delimited
 // SnapshotRecord, the protodelim format; it is framed here into one reused
 // buffer rather than with protodelim.MarshalTo, which allocates per record.
@@ -136,12 +139,23 @@ func (d *snapshotData) writeTo(w io.Writer) error {
 			return err
 		}
 	}
+	ar := &berthv1.SnapshotRecord_AppliedRequest{AppliedRequest: &berthv1.AppliedRequest{}}
+	rec.Kind = ar
+	for _, r := range d.requests {
+		ar.AppliedRequest.RequestId = []byte(r.id)
+		ar.AppliedRequest.UnixMs = r.unixMs
+		ar.AppliedRequest.Result = r.result
+		if err := put(); err != nil {
+			return err
+		}
+	}
 	rec.Kind = &berthv1.SnapshotRecord_Trailer{Trailer: &berthv1.SnapshotTrailer{
-		Proxies:     uint64(len(d.proxies)),
-		Connections: uint64(len(d.conns)),
-		Moves:       uint64(len(d.moves)),
-		Servers:     uint64(len(d.servers)),
-		AdminTokens: uint64(len(d.tokens)),
+		Proxies:         uint64(len(d.proxies)),
+		Connections:     uint64(len(d.conns)),
+		Moves:           uint64(len(d.moves)),
+		Servers:         uint64(len(d.servers)),
+		AdminTokens:     uint64(len(d.tokens)),
+		AppliedRequests: uint64(len(d.requests)),
 	}}
 	if err := put(); err != nil {
 		return err
@@ -222,10 +236,23 @@ func readSnapshot(r io.Reader) (*State, uint64, error) {
 				return nil, 0, fmt.Errorf("snapshot: admin token %q empty or repeated", v.GetId())
 			}
 			s.tokens[v.Id] = v
+		case *berthv1.SnapshotRecord_AppliedRequest:
+			v := k.AppliedRequest
+			id := v.GetRequestId()
+			if len(id) == 0 || len(id) > MaxRequestIDBytes || v.GetResult() == nil {
+				return nil, 0, fmt.Errorf("snapshot: applied request %x has a bad id or no result", id)
+			}
+			if _, dup := s.requests.lookup(id); dup {
+				return nil, 0, fmt.Errorf("snapshot: applied request %x repeated", id)
+			}
+			s.requests.add(id, v.GetUnixMs(), v.GetResult())
 		case *berthv1.SnapshotRecord_Trailer:
 			t := k.Trailer
 			if int(t.AdminTokens) != len(s.tokens) {
 				return nil, 0, fmt.Errorf("snapshot: read %d admin tokens, trailer says %d", len(s.tokens), t.AdminTokens)
+			}
+			if int(t.AppliedRequests) != s.requests.Len() {
+				return nil, 0, fmt.Errorf("snapshot: read %d applied requests, trailer says %d", s.requests.Len(), t.AppliedRequests)
 			}
 			got := Counts{Proxies: len(s.proxies), Connections: len(s.conns), Moves: len(s.moves), Servers: len(s.servers)}
 			want := Counts{Proxies: int(t.Proxies), Connections: int(t.Connections), Moves: int(t.Moves), Servers: int(t.Servers)}

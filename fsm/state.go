@@ -44,6 +44,8 @@ type State struct {
 	finished sortedSet
 	// acceptedBy maps the new connection of an ACCEPTED move to the move.
 	acceptedBy map[string]string
+	// requests remembers recently applied request ids (requests.go).
+	requests requestTable
 
 	// Scratch of the command being applied.
 	index  uint64
@@ -71,6 +73,7 @@ func NewState() *State {
 		epProxies:         map[string]map[string]int{},
 		proxiesByEndpoint: setIndex{},
 		acceptedBy:        map[string]string{},
+		requests:          newRequestTable(),
 		dirty:             map[string]bool{},
 	}
 }

@@ -322,6 +322,9 @@ func ValidateCommand(cmd *berthv1.Command) error {
 	if now < 0 {
 		return invalid("command.now_unix_ms: %d is negative", now)
 	}
+	if n := len(cmd.GetRequestId()); n > MaxRequestIDBytes {
+		return invalid("command.request_id: %d bytes; at most %d", n, MaxRequestIDBytes)
+	}
 	switch k := cmd.GetKind().(type) {
 	case *berthv1.Command_Batch:
 		subs := k.Batch.GetCommands()

@@ -1,12 +1,15 @@
 package integration
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,6 +30,8 @@ type regInput struct {
 	write bool
 	key   string
 	value string
+	node  int    // the node asked; the model ignores it
+	err   string // why a write's outcome is unknown; the model ignores it
 }
 
 type regOutput struct {
@@ -117,22 +122,24 @@ func TestRegistryIsLinearizableAcrossLeaderKillAndPartition(t *testing.T) {
 					p := &berthv1.Proxy{Id: key, Labels: map[string]string{"value": value}}
 					_, err := c.Registry(node).RegisterProxy(ctx, &berthv1.RegisterProxyRequest{Proxy: p})
 					ret := h.now()
+					in := regInput{write: true, key: key, value: value, node: node}
 					if err != nil {
 						ret = math.MaxInt64 // outcome unknown: it may apply at any later point
+						in.err = err.Error()
 					} else {
 						okWrite.Add(1)
 					}
-					h.add(porcupine.Operation{ClientId: cid, Input: regInput{write: true, key: key, value: value}, Call: call, Output: regOutput{}, Return: ret})
+					h.add(porcupine.Operation{ClientId: cid, Input: in, Call: call, Output: regOutput{}, Return: ret})
 				} else {
 					resp, err := c.Admin(node).GetProxy(ctx, &berthv1.GetProxyRequest{ProxyId: key, Consistency: berthv1.Consistency_CONSISTENCY_LINEARIZABLE})
 					ret := h.now()
 					switch {
 					case err == nil:
 						okReads.Add(1)
-						h.add(porcupine.Operation{ClientId: cid, Input: regInput{key: key}, Call: call, Output: regOutput{value: resp.Proxy.Labels["value"]}, Return: ret})
+						h.add(porcupine.Operation{ClientId: cid, Input: regInput{key: key, node: node}, Call: call, Output: regOutput{value: resp.Proxy.Labels["value"]}, Return: ret})
 					case status.Code(err) == codes.NotFound:
 						okReads.Add(1)
-						h.add(porcupine.Operation{ClientId: cid, Input: regInput{key: key}, Call: call, Output: regOutput{}, Return: ret})
+						h.add(porcupine.Operation{ClientId: cid, Input: regInput{key: key, node: node}, Call: call, Output: regOutput{}, Return: ret})
 					}
 					// A failed read observed nothing and is left out.
 				}
@@ -169,12 +176,41 @@ func TestRegistryIsLinearizableAcrossLeaderKillAndPartition(t *testing.T) {
 	t.Logf("history: %d operations (%d acknowledged writes, %d reads)", len(h.ops), okWrite.Load(), okReads.Load())
 	result, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, 60*time.Second)
 	if result != porcupine.Ok {
-		path := filepath.Join(t.TempDir(), "history.html")
+		// Not t.TempDir: the visualization must outlive the failed test.
+		dir, err := os.MkdirTemp("", "berth-linearizability-")
+		if err != nil {
+			t.Fatalf("history is not linearizable (%v); no directory for the visualization: %v", result, err)
+		}
+		path := filepath.Join(dir, "history.html")
 		if f, err := os.Create(path); err == nil {
 			_ = porcupine.Visualize(registerModel, info, f)
 			_ = f.Close()
 		}
+		writeHistory(t, filepath.Join(dir, "history.txt"), h.ops)
 		t.Fatalf("history is not linearizable (%v); visualization at %s", result, path)
+	}
+}
+
+// writeHistory writes ops as text, one per line in call order, for reading
+// a failure next to the visualization.
+func writeHistory(t *testing.T, path string, ops []porcupine.Operation) {
+	sorted := slices.Clone(ops)
+	slices.SortFunc(sorted, func(a, b porcupine.Operation) int { return cmp.Compare(a.Call, b.Call) })
+	var b strings.Builder
+	for _, op := range sorted {
+		in := op.Input.(regInput)
+		ret := "?"
+		if op.Return != math.MaxInt64 {
+			ret = time.Duration(op.Return).String()
+		}
+		fmt.Fprintf(&b, "%-10v %-10s client %d node %d  %s", time.Duration(op.Call), ret, op.ClientId, in.node, registerModel.DescribeOperation(op.Input, op.Output))
+		if in.err != "" {
+			fmt.Fprintf(&b, "  (unknown: %s)", in.err)
+		}
+		b.WriteByte('\n')
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Logf("writing the history: %v", err)
 	}
 }
 

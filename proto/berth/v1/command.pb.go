@@ -88,6 +88,13 @@ type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The proposer's clock when the command was made, Unix ms.
 	NowUnixMs int64 `protobuf:"varint,1,opt,name=now_unix_ms,json=nowUnixMs,proto3" json:"now_unix_ms,omitempty"`
+	// Names this request: set once by the node that first receives the
+	// command and kept across resends (at most 64 bytes; empty: none). The
+	// FSM remembers recently applied request ids; a command whose id it
+	// remembers is not applied again and gets its first result back. That
+	// makes resending a write whose answer was lost (a forward cut off by a
+	// leader change) exactly-once instead of a second, later application.
+	RequestId []byte `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Types that are valid to be assigned to Kind:
 	//
 	//	*Command_RegisterProxy
@@ -143,6 +150,13 @@ func (x *Command) GetNowUnixMs() int64 {
 		return x.NowUnixMs
 	}
 	return 0
+}
+
+func (x *Command) GetRequestId() []byte {
+	if x != nil {
+		return x.RequestId
+	}
+	return nil
 }
 
 func (x *Command) GetKind() isCommand_Kind {
@@ -1329,9 +1343,11 @@ var File_berth_v1_command_proto protoreflect.FileDescriptor
 
 const file_berth_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x16berth/v1/command.proto\x12\bberth.v1\x1a\x14berth/v1/model.proto\"\xf3\a\n" +
+	"\x16berth/v1/command.proto\x12\bberth.v1\x1a\x14berth/v1/model.proto\"\x92\b\n" +
 	"\aCommand\x12\x1e\n" +
-	"\vnow_unix_ms\x18\x01 \x01(\x03R\tnowUnixMs\x12G\n" +
+	"\vnow_unix_ms\x18\x01 \x01(\x03R\tnowUnixMs\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\fR\trequestId\x12G\n" +
 	"\x0eregister_proxy\x18\n" +
 	" \x01(\v2\x1e.berth.v1.RegisterProxyCommandH\x00R\rregisterProxy\x12X\n" +
 	"\x15set_proxy_admin_state\x18\v \x01(\v2#.berth.v1.SetProxyAdminStateCommandH\x00R\x12setProxyAdminState\x12K\n" +

@@ -36,6 +36,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Trailer
 	//	*SnapshotRecord_Endpoint
 	//	*SnapshotRecord_AdminToken
+	//	*SnapshotRecord_AppliedRequest
 	Kind          isSnapshotRecord_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -150,6 +151,15 @@ func (x *SnapshotRecord) GetAdminToken() *AdminToken {
 	return nil
 }
 
+func (x *SnapshotRecord) GetAppliedRequest() *AppliedRequest {
+	if x != nil {
+		if x, ok := x.Kind.(*SnapshotRecord_AppliedRequest); ok {
+			return x.AppliedRequest
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Kind interface {
 	isSnapshotRecord_Kind()
 }
@@ -188,6 +198,10 @@ type SnapshotRecord_AdminToken struct {
 	AdminToken *AdminToken `protobuf:"bytes,8,opt,name=admin_token,json=adminToken,proto3,oneof"`
 }
 
+type SnapshotRecord_AppliedRequest struct {
+	AppliedRequest *AppliedRequest `protobuf:"bytes,9,opt,name=applied_request,json=appliedRequest,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Header) isSnapshotRecord_Kind() {}
 
 func (*SnapshotRecord_Proxy) isSnapshotRecord_Kind() {}
@@ -204,6 +218,71 @@ func (*SnapshotRecord_Endpoint) isSnapshotRecord_Kind() {}
 
 func (*SnapshotRecord_AdminToken) isSnapshotRecord_Kind() {}
 
+func (*SnapshotRecord_AppliedRequest) isSnapshotRecord_Kind() {}
+
+// AppliedRequest is one entry of the FSM's table of recently applied
+// request ids (Command.request_id), written in the order they applied.
+type AppliedRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId []byte                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The command's now_unix_ms: the table forgets entries by this age.
+	UnixMs        int64          `protobuf:"varint,2,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	Result        *CommandResult `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppliedRequest) Reset() {
+	*x = AppliedRequest{}
+	mi := &file_berth_v1_snapshot_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppliedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppliedRequest) ProtoMessage() {}
+
+func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_snapshot_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
+func (*AppliedRequest) Descriptor() ([]byte, []int) {
+	return file_berth_v1_snapshot_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AppliedRequest) GetRequestId() []byte {
+	if x != nil {
+		return x.RequestId
+	}
+	return nil
+}
+
+func (x *AppliedRequest) GetUnixMs() int64 {
+	if x != nil {
+		return x.UnixMs
+	}
+	return 0
+}
+
+func (x *AppliedRequest) GetResult() *CommandResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
 type SnapshotHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	FormatVersion uint32                 `protobuf:"varint,1,opt,name=format_version,json=formatVersion,proto3" json:"format_version,omitempty"`
@@ -215,7 +294,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_berth_v1_snapshot_proto_msgTypes[1]
+	mi := &file_berth_v1_snapshot_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -227,7 +306,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_snapshot_proto_msgTypes[1]
+	mi := &file_berth_v1_snapshot_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -240,7 +319,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_berth_v1_snapshot_proto_rawDescGZIP(), []int{1}
+	return file_berth_v1_snapshot_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *SnapshotHeader) GetFormatVersion() uint32 {
@@ -258,19 +337,20 @@ func (x *SnapshotHeader) GetAppliedIndex() uint64 {
 }
 
 type SnapshotTrailer struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Proxies       uint64                 `protobuf:"varint,1,opt,name=proxies,proto3" json:"proxies,omitempty"`
-	Connections   uint64                 `protobuf:"varint,2,opt,name=connections,proto3" json:"connections,omitempty"`
-	Moves         uint64                 `protobuf:"varint,3,opt,name=moves,proto3" json:"moves,omitempty"`
-	Servers       uint64                 `protobuf:"varint,4,opt,name=servers,proto3" json:"servers,omitempty"`
-	AdminTokens   uint64                 `protobuf:"varint,5,opt,name=admin_tokens,json=adminTokens,proto3" json:"admin_tokens,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Proxies         uint64                 `protobuf:"varint,1,opt,name=proxies,proto3" json:"proxies,omitempty"`
+	Connections     uint64                 `protobuf:"varint,2,opt,name=connections,proto3" json:"connections,omitempty"`
+	Moves           uint64                 `protobuf:"varint,3,opt,name=moves,proto3" json:"moves,omitempty"`
+	Servers         uint64                 `protobuf:"varint,4,opt,name=servers,proto3" json:"servers,omitempty"`
+	AdminTokens     uint64                 `protobuf:"varint,5,opt,name=admin_tokens,json=adminTokens,proto3" json:"admin_tokens,omitempty"`
+	AppliedRequests uint64                 `protobuf:"varint,6,opt,name=applied_requests,json=appliedRequests,proto3" json:"applied_requests,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SnapshotTrailer) Reset() {
 	*x = SnapshotTrailer{}
-	mi := &file_berth_v1_snapshot_proto_msgTypes[2]
+	mi := &file_berth_v1_snapshot_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -282,7 +362,7 @@ func (x *SnapshotTrailer) String() string {
 func (*SnapshotTrailer) ProtoMessage() {}
 
 func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_snapshot_proto_msgTypes[2]
+	mi := &file_berth_v1_snapshot_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -295,7 +375,7 @@ func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotTrailer.ProtoReflect.Descriptor instead.
 func (*SnapshotTrailer) Descriptor() ([]byte, []int) {
-	return file_berth_v1_snapshot_proto_rawDescGZIP(), []int{2}
+	return file_berth_v1_snapshot_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SnapshotTrailer) GetProxies() uint64 {
@@ -333,11 +413,18 @@ func (x *SnapshotTrailer) GetAdminTokens() uint64 {
 	return 0
 }
 
+func (x *SnapshotTrailer) GetAppliedRequests() uint64 {
+	if x != nil {
+		return x.AppliedRequests
+	}
+	return 0
+}
+
 var File_berth_v1_snapshot_proto protoreflect.FileDescriptor
 
 const file_berth_v1_snapshot_proto_rawDesc = "" +
 	"\n" +
-	"\x17berth/v1/snapshot.proto\x12\bberth.v1\x1a\x14berth/v1/model.proto\"\xa1\x03\n" +
+	"\x17berth/v1/snapshot.proto\x12\bberth.v1\x1a\x16berth/v1/command.proto\x1a\x14berth/v1/model.proto\"\xe6\x03\n" +
 	"\x0eSnapshotRecord\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.berth.v1.SnapshotHeaderH\x00R\x06header\x12'\n" +
 	"\x05proxy\x18\x02 \x01(\v2\x0f.berth.v1.ProxyH\x00R\x05proxy\x126\n" +
@@ -349,17 +436,24 @@ const file_berth_v1_snapshot_proto_rawDesc = "" +
 	"\atrailer\x18\x06 \x01(\v2\x19.berth.v1.SnapshotTrailerH\x00R\atrailer\x120\n" +
 	"\bendpoint\x18\a \x01(\v2\x12.berth.v1.EndpointH\x00R\bendpoint\x127\n" +
 	"\vadmin_token\x18\b \x01(\v2\x14.berth.v1.AdminTokenH\x00R\n" +
-	"adminTokenB\x06\n" +
-	"\x04kind\"\\\n" +
+	"adminToken\x12C\n" +
+	"\x0fapplied_request\x18\t \x01(\v2\x18.berth.v1.AppliedRequestH\x00R\x0eappliedRequestB\x06\n" +
+	"\x04kind\"y\n" +
+	"\x0eAppliedRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\fR\trequestId\x12\x17\n" +
+	"\aunix_ms\x18\x02 \x01(\x03R\x06unixMs\x12/\n" +
+	"\x06result\x18\x03 \x01(\v2\x17.berth.v1.CommandResultR\x06result\"\\\n" +
 	"\x0eSnapshotHeader\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12#\n" +
-	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"\xa0\x01\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"\xcb\x01\n" +
 	"\x0fSnapshotTrailer\x12\x18\n" +
 	"\aproxies\x18\x01 \x01(\x04R\aproxies\x12 \n" +
 	"\vconnections\x18\x02 \x01(\x04R\vconnections\x12\x14\n" +
 	"\x05moves\x18\x03 \x01(\x04R\x05moves\x12\x18\n" +
 	"\aservers\x18\x04 \x01(\x04R\aservers\x12!\n" +
-	"\fadmin_tokens\x18\x05 \x01(\x04R\vadminTokensB1Z/github.com/berthhq/berth/proto/berth/v1;berthv1b\x06proto3"
+	"\fadmin_tokens\x18\x05 \x01(\x04R\vadminTokens\x12)\n" +
+	"\x10applied_requests\x18\x06 \x01(\x04R\x0fappliedRequestsB1Z/github.com/berthhq/berth/proto/berth/v1;berthv1b\x06proto3"
 
 var (
 	file_berth_v1_snapshot_proto_rawDescOnce sync.Once
@@ -373,32 +467,36 @@ func file_berth_v1_snapshot_proto_rawDescGZIP() []byte {
 	return file_berth_v1_snapshot_proto_rawDescData
 }
 
-var file_berth_v1_snapshot_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_berth_v1_snapshot_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_berth_v1_snapshot_proto_goTypes = []any{
 	(*SnapshotRecord)(nil),  // 0: berth.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),  // 1: berth.v1.SnapshotHeader
-	(*SnapshotTrailer)(nil), // 2: berth.v1.SnapshotTrailer
-	(*Proxy)(nil),           // 3: berth.v1.Proxy
-	(*Connection)(nil),      // 4: berth.v1.Connection
-	(*Move)(nil),            // 5: berth.v1.Move
-	(*Server)(nil),          // 6: berth.v1.Server
-	(*Endpoint)(nil),        // 7: berth.v1.Endpoint
-	(*AdminToken)(nil),      // 8: berth.v1.AdminToken
+	(*AppliedRequest)(nil),  // 1: berth.v1.AppliedRequest
+	(*SnapshotHeader)(nil),  // 2: berth.v1.SnapshotHeader
+	(*SnapshotTrailer)(nil), // 3: berth.v1.SnapshotTrailer
+	(*Proxy)(nil),           // 4: berth.v1.Proxy
+	(*Connection)(nil),      // 5: berth.v1.Connection
+	(*Move)(nil),            // 6: berth.v1.Move
+	(*Server)(nil),          // 7: berth.v1.Server
+	(*Endpoint)(nil),        // 8: berth.v1.Endpoint
+	(*AdminToken)(nil),      // 9: berth.v1.AdminToken
+	(*CommandResult)(nil),   // 10: berth.v1.CommandResult
 }
 var file_berth_v1_snapshot_proto_depIdxs = []int32{
-	1, // 0: berth.v1.SnapshotRecord.header:type_name -> berth.v1.SnapshotHeader
-	3, // 1: berth.v1.SnapshotRecord.proxy:type_name -> berth.v1.Proxy
-	4, // 2: berth.v1.SnapshotRecord.connection:type_name -> berth.v1.Connection
-	5, // 3: berth.v1.SnapshotRecord.move:type_name -> berth.v1.Move
-	6, // 4: berth.v1.SnapshotRecord.server:type_name -> berth.v1.Server
-	2, // 5: berth.v1.SnapshotRecord.trailer:type_name -> berth.v1.SnapshotTrailer
-	7, // 6: berth.v1.SnapshotRecord.endpoint:type_name -> berth.v1.Endpoint
-	8, // 7: berth.v1.SnapshotRecord.admin_token:type_name -> berth.v1.AdminToken
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	2,  // 0: berth.v1.SnapshotRecord.header:type_name -> berth.v1.SnapshotHeader
+	4,  // 1: berth.v1.SnapshotRecord.proxy:type_name -> berth.v1.Proxy
+	5,  // 2: berth.v1.SnapshotRecord.connection:type_name -> berth.v1.Connection
+	6,  // 3: berth.v1.SnapshotRecord.move:type_name -> berth.v1.Move
+	7,  // 4: berth.v1.SnapshotRecord.server:type_name -> berth.v1.Server
+	3,  // 5: berth.v1.SnapshotRecord.trailer:type_name -> berth.v1.SnapshotTrailer
+	8,  // 6: berth.v1.SnapshotRecord.endpoint:type_name -> berth.v1.Endpoint
+	9,  // 7: berth.v1.SnapshotRecord.admin_token:type_name -> berth.v1.AdminToken
+	1,  // 8: berth.v1.SnapshotRecord.applied_request:type_name -> berth.v1.AppliedRequest
+	10, // 9: berth.v1.AppliedRequest.result:type_name -> berth.v1.CommandResult
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_berth_v1_snapshot_proto_init() }
@@ -406,6 +504,7 @@ func file_berth_v1_snapshot_proto_init() {
 	if File_berth_v1_snapshot_proto != nil {
 		return
 	}
+	file_berth_v1_command_proto_init()
 	file_berth_v1_model_proto_init()
 	file_berth_v1_snapshot_proto_msgTypes[0].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
@@ -416,6 +515,7 @@ func file_berth_v1_snapshot_proto_init() {
 		(*SnapshotRecord_Trailer)(nil),
 		(*SnapshotRecord_Endpoint)(nil),
 		(*SnapshotRecord_AdminToken)(nil),
+		(*SnapshotRecord_AppliedRequest)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -423,7 +523,7 @@ func file_berth_v1_snapshot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_v1_snapshot_proto_rawDesc), len(file_berth_v1_snapshot_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
