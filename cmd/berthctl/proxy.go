@@ -52,6 +52,10 @@ func (a *app) waitEmpty(ctx context.Context, admin berthv1.AdminServiceClient, i
 	for {
 		resp, err := admin.ListConnections(ctx, &berthv1.ListConnectionsRequest{ProxyId: id, PageSize: 1000})
 		if err != nil {
+			if ctx.Err() != nil && last >= 0 {
+				// The deadline ran out during the poll, not before it.
+				return fmt.Errorf("drain %s: %d connection(s) left: %w", id, last, ctx.Err())
+			}
 			return callFailed("list connections of "+id, err)
 		}
 		n := len(resp.GetConnections())
