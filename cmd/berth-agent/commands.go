@@ -54,6 +54,7 @@ func serveCmd(getenv func(string) string, logger func() (*slog.Logger, error)) *
 		tokenFile string
 		httpAddr  string
 		admin     agent.AdminOptions
+		tuneGC    func() error
 	)
 	cmd := &cobra.Command{
 		Use:     "serve --proxy HOST:PORT --endpoint NAME=LOCAL_ADDR [--endpoint ...]",
@@ -61,6 +62,9 @@ func serveCmd(getenv func(string) string, logger func() (*slog.Logger, error)) *
 		Short:   "Keep a tunnel to a proxy and pipe each stream to the endpoint's local address",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := tuneGC(); err != nil {
+				return err
+			}
 			targets, names, err := parseEndpoints(endpoints)
 			if err != nil {
 				return err
@@ -108,6 +112,7 @@ func serveCmd(getenv func(string) string, logger func() (*slog.Logger, error)) *
 	fs := cmd.Flags()
 	cfg.RegisterFlags(fs)
 	fs.StringSliceVar(&endpoints, "endpoint", nil, "endpoint to serve as NAME=LOCAL_HOST:PORT; repeat or comma-separate")
+	tuneGC = conf.GCPercentFlag(fs, getenv)
 	fs.StringVar(&httpAddr, "http-addr", "", "address for /healthz (and /debug/pprof/ with --pprof); empty: off")
 	fs.BoolVar(&admin.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --http-addr")
 	fs.StringVar(&tokenFile, "token-file", "", "file holding the agent token (or set "+envToken+")")

@@ -24,7 +24,11 @@ func run(args []string) error {
 	cfg := proxy.Default()
 	fs := pflag.NewFlagSet("berth-proxy", pflag.ContinueOnError)
 	cfg.RegisterFlags(fs)
+	tuneGC := conf.GCPercentFlag(fs, os.Getenv)
 	return conf.Run(fs, args, "BERTH_PROXY_", func(logger *slog.Logger) (io.Closer, error) {
+		if err := tuneGC(); err != nil {
+			return nil, err
+		}
 		return proxy.New(cfg, logger)
 	})
 }

@@ -1,14 +1,11 @@
 package proxy
 
 import (
-	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"strings"
 	"sync"
 
@@ -80,7 +77,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rt := route{endpoint: endpoint, hashKey: p.hashKey(r)}
 	p.metrics.requests.Inc()
-	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
+	p.forward(w, r, rt)
 }
 
 func (p *Proxy) hashKey(r *http.Request) string {
@@ -107,36 +104,6 @@ func (p *Proxy) fail(w http.ResponseWriter, err error) {
 	p.metrics.routeErrors.WithLabelValues(reason).Inc()
 	w.Header().Set(ErrorHeader, reason)
 	http.Error(w, err.Error(), code)
-}
-
-// newReverseProxy is the proxy's reverse proxy: requests keep their Host;
-// the transport is the proxy itself; no per-request timeout, so long-lived
-// streams survive. A response of known length is written through the
-// server's buffer and flushed once at its end (flushing every copy cost a
-// write syscall per chunk: a sixth of the proxy's CPU on small requests);
-// ReverseProxy flushes each write at once for a response of unknown
-// length and for text/event-stream, so streams and SSE stay unbuffered.
-func (p *Proxy) newReverseProxy() *httputil.ReverseProxy {
-	return &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = pr.In.Host
-			pr.Out.Host = pr.In.Host
-			pr.SetXForwarded()
-		},
-		Transport:     p,
-		FlushInterval: 0,
-		// Without a pool ReverseProxy allocates (and zeroes) a 32 KiB copy
-		// buffer for every response.
-		BufferPool: &copyBuffers{},
-		ErrorLog:   nil,
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if rt, _ := r.Context().Value(routeKey{}).(route); rt.peerHop && notSent(err) {
-				w.Header().Set(RetryHeader, "not-sent")
-			}
-			p.fail(w, err)
-		},
-	}
 }
 
 // serveTCP answers the berth-tcp upgrade: open a TCP stream to the
@@ -170,15 +137,6 @@ func (p *Proxy) serveTCP(w http.ResponseWriter, r *http.Request, endpoint string
 	pipe(&bufferedConn{Conn: down, r: brw.Reader}, up)
 }
 
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
-
-func (b *bufferedConn) CloseWrite() error { return closeWrite(b.Conn) }
-
 // pipe copies both ways until both directions end, half-closing each side
 // as its source finishes, then closes both.
 func pipe(a, b net.Conn) {
@@ -203,23 +161,4 @@ func closeWrite(c net.Conn) error {
 		return cw.CloseWrite()
 	}
 	return c.Close()
-}
-
-// copyBuffers lends ReverseProxy its response copy buffers.
-type copyBuffers struct{ pool sync.Pool }
-
-const copyBufferSize = 32 << 10
-
-func (b *copyBuffers) Get() []byte {
-	if buf, ok := b.pool.Get().(*[]byte); ok {
-		return *buf
-	}
-	return make([]byte, copyBufferSize)
-}
-
-func (b *copyBuffers) Put(buf []byte) {
-	if cap(buf) == copyBufferSize {
-		buf = buf[:copyBufferSize]
-		b.pool.Put(&buf)
-	}
 }

@@ -28,7 +28,10 @@ type peerConn struct {
 func newPeerHTTP(p *Proxy) *peerHTTP {
 	h := &peerHTTP{ln: &connListener{ch: make(chan net.Conn), closed: make(chan struct{})}}
 	h.srv = &http.Server{
-		Handler:           p.rp,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			rt, _ := r.Context().Value(routeKey{}).(route)
+			p.forward(w, r, rt)
+		}),
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(p.logger.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {

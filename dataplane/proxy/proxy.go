@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -54,7 +53,8 @@ type Proxy struct {
 	tunnelLn, downLn, peerLn, httpLn     net.Listener
 	tunnelAddr, downstreamAddr, peerAddr string
 	downstream, admin                    *http.Server
-	rp                                   *httputil.ReverseProxy
+	copyBufs                             copyBuffers
+	bodies                               bodyBuffers
 	pools                                *streamPools
 	peerHTTP                             *peerHTTP
 	started                              time.Time
@@ -162,7 +162,6 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 		p.admin = &http.Server{Handler: p.adminHandler(reg), ReadHeaderTimeout: 5 * time.Second}
 		p.goRun(func() { serveHTTP(p.admin, p.httpLn, p.logger) })
 	}
-	p.rp = p.newReverseProxy()
 	p.pools = newStreamPools(p)
 	p.peerHTTP = newPeerHTTP(p)
 	p.goRun(func() { p.peerHTTP.run(p.logger) })

@@ -17,19 +17,22 @@ var errAllRefused = errors.New("every upstream connection refused the stream")
 // can go to another target if the first one turns it away unsent.
 const replayLimit = 64 << 10
 
-// RoundTrip sends one request to the first candidate target that takes it.
+// roundTrip sends one request to the first candidate target that takes it.
 // A target that cannot open a stream is skipped (nothing was sent), and so
 // is a peer that answers that it sent nothing upstream (its connection
 // moved away a moment ago): the request goes to the next candidate, and if
 // none is left, candidates are looked up again briefly while the
 // directory catches up with a move. Any other failure ends the request,
 // since an upstream may have seen it.
-func (p *Proxy) RoundTrip(req *http.Request) (*http.Response, error) {
-	rt, _ := req.Context().Value(routeKey{}).(route)
-	replayable, err := makeReplayable(req)
+func (p *Proxy) roundTrip(req *http.Request, rt route) (*http.Response, error) {
+	replayable, release, err := p.bodies.makeReplayable(req)
 	if err != nil {
 		return nil, err
 	}
+	// Every attempt has written the body by the time roundTrip returns: a
+	// replayable body is at most inlineBody, which goes out before the
+	// answer is read.
+	defer release()
 	var last error
 	for attempt := 0; ; attempt++ {
 		cands, err := p.candidates(rt)
@@ -96,27 +99,41 @@ func (p *Proxy) tryTarget(req *http.Request, t target, endpoint string) (*http.R
 	return resp, nil
 }
 
+// bodyBuffers lends the buffers that hold replayable request bodies, in
+// three sizes up to replayLimit.
+type bodyBuffers struct{ pools [3]sync.Pool }
+
+var bodyBufferSizes = [3]int{4 << 10, 16 << 10, replayLimit}
+
 // makeReplayable lets req be sent again: a request without a body always
-// can; a small body of known length is read into memory first. Larger or
-// streamed bodies go once.
-func makeReplayable(req *http.Request) (bool, error) {
-	if req.Body == nil || req.Body == http.NoBody {
-		return true, nil
-	}
-	if req.GetBody != nil {
-		return true, nil
+// can; a small body of known length is read into a pooled buffer first,
+// which release gives back. Larger or streamed bodies go once.
+func (b *bodyBuffers) makeReplayable(req *http.Request) (replayable bool, release func(), err error) {
+	release = func() {}
+	if req.Body == nil || req.Body == http.NoBody || req.GetBody != nil {
+		return true, release, nil
 	}
 	if req.ContentLength <= 0 || req.ContentLength > replayLimit {
-		return false, nil
+		return false, release, nil
 	}
-	body, err := io.ReadAll(io.LimitReader(req.Body, replayLimit+1))
-	if err != nil {
-		return false, fmt.Errorf("reading the request body: %w", err)
+	class := 0
+	for int64(bodyBufferSizes[class]) < req.ContentLength {
+		class++
+	}
+	bufp, _ := b.pools[class].Get().(*[]byte)
+	if bufp == nil {
+		buf := make([]byte, bodyBufferSizes[class])
+		bufp = &buf
+	}
+	body := (*bufp)[:req.ContentLength]
+	if _, err := io.ReadFull(req.Body, body); err != nil {
+		b.pools[class].Put(bufp)
+		return false, release, fmt.Errorf("reading the request body: %w", err)
 	}
 	_ = req.Body.Close()
 	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	req.Body, _ = req.GetBody()
-	return true, nil
+	return true, func() { b.pools[class].Put(bufp) }, nil
 }
 
 // begin counts a request in flight on a local target (least-loaded

@@ -3,6 +3,7 @@ package conf
 import (
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -80,4 +81,50 @@ func TestUnknownKeyAndBadValue(t *testing.T) {
 			t.Fatalf("want an error naming the variable, got %v", err)
 		}
 	})
+}
+
+func TestGCPercentFlag(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	env := func(gogc string) func(string) string {
+		return func(k string) string {
+			if k == "GOGC" {
+				return gogc
+			}
+			return ""
+		}
+	}
+	cases := []struct {
+		args []string
+		gogc string
+		want int // -2: left alone
+	}{
+		{nil, "", DataPlaneGCPercent},
+		{nil, "150", -2},
+		{[]string{"--gc-percent", "250"}, "150", 250},
+		{[]string{"--gc-percent", "-1"}, "", -1},
+	}
+	for _, c := range cases {
+		debug.SetGCPercent(100)
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		apply := GCPercentFlag(fs, env(c.gogc))
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		if err := apply(); err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		want := c.want
+		if want == -2 {
+			want = 100
+		}
+		if got := debug.SetGCPercent(100); got != want {
+			t.Errorf("args %v GOGC %q: percent %d, want %d", c.args, c.gogc, got, want)
+		}
+	}
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	apply := GCPercentFlag(fs, env(""))
+	_ = fs.Parse([]string{"--gc-percent", "-5"})
+	if err := apply(); err == nil {
+		t.Error("gc-percent -5 accepted")
+	}
 }
