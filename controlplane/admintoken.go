@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -73,7 +74,12 @@ func (n *Node) authorizeAdmin(ctx context.Context, fullMethod string) error {
 		return status.Error(codes.Unauthenticated, "admin auth is on: send an admin token as 'authorization: Bearer <token>'")
 	}
 	tok := strings.TrimPrefix(auth[0], "Bearer ")
-	role, err := n.adminRole(tok)
+	role, err := n.adminRole(ctx, tok)
+	var unverified *unverifiedError
+	if errors.As(err, &unverified) {
+		n.metrics.denied.WithLabelValues("unverified").Inc()
+		return status.Errorf(codes.Unavailable, "admin token: %v", err)
+	}
 	if err != nil {
 		n.metrics.denied.WithLabelValues("token").Inc()
 		return status.Errorf(codes.Unauthenticated, "admin token: %v", err)
@@ -85,10 +91,21 @@ func (n *Node) authorizeAdmin(ctx context.Context, fullMethod string) error {
 	return nil
 }
 
+// unverifiedError: the token's record could not be read consistently (no
+// quorum reachable), so the token is neither accepted nor called bad.
+type unverifiedError struct{ err error }
+
+func (e *unverifiedError) Error() string {
+	return "cannot check it against the registry now (the bootstrap token still works): " + e.err.Error()
+}
+func (e *unverifiedError) Unwrap() error { return e.err }
+
 // adminRole verifies tok against the bootstrap token or its record in the
-// registry (read locally: a token revoked on the leader stops working here
-// once this node applies the revocation).
-func (n *Node) adminRole(tok string) (token.AdminRole, error) {
+// registry. The record is read linearizably (read index, leadership
+// verified with a quorum): once a revocation is acknowledged, no node
+// accepts the token, not a lagging follower nor a deposed leader. Without
+// a quorum only the bootstrap token works, as a break-glass credential.
+func (n *Node) adminRole(ctx context.Context, tok string) (token.AdminRole, error) {
 	if n.bootstrapToken != "" && len(tok) == len(n.bootstrapToken) && hashToken(tok) == hashToken(n.bootstrapToken) {
 		return token.RoleOperate, nil
 	}
@@ -97,7 +114,11 @@ func (n *Node) adminRole(tok string) (token.AdminRole, error) {
 		return "", err
 	}
 	var rec *berthv1.AdminToken
-	n.fsm.View(func(s *fsm.State, _ uint64) { rec, _ = s.AdminToken(id) })
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyLimit.Timeout)
+	defer cancel()
+	if _, err := n.Read(ctx, berthv1.Consistency_CONSISTENCY_LINEARIZABLE, func(s *fsm.State) { rec, _ = s.AdminToken(id) }); err != nil {
+		return "", &unverifiedError{err}
+	}
 	if rec == nil {
 		return "", fmt.Errorf("%w: no such token", token.ErrBadSecret)
 	}

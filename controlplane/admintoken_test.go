@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -86,4 +87,66 @@ func TestAdminTokensReadOperateAndRevoke(t *testing.T) {
 	if _, err := admin.ListProxies(bearer(ctx, viewer.Token), &berthv1.ListProxiesRequest{}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("revoked token: want Unauthenticated, got %v", err)
 	}
+}
+
+// TestRevokedAdminTokenRefusedByACutOffNode: a node that cannot learn of a
+// revocation (cut off from the others) must not go on accepting the token
+// from its own replica. It cannot check the token at all, so it answers
+// Unavailable; the bootstrap token still works there.
+func TestRevokedAdminTokenRefusedByACutOffNode(t *testing.T) {
+	boot, _, err := token.NewAdminToken("bootstrap", token.RoleOperate, 0, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootFile := filepath.Join(t.TempDir(), "bootstrap")
+	if err := os.WriteFile(bootFile, []byte(boot+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := controlplanetest.MakeCluster(t, 3, controlplanetest.Options{Configure: func(_ int, cfg *controlplane.Config) {
+		cfg.AdminAuth = true
+		cfg.AdminBootstrapTokenFile = bootFile
+		cfg.ApplyLimit.Timeout = 3 * time.Second
+	}})
+	ctx := ctxT(t)
+	leader := c.Leader()
+	ops, err := c.Admin(leader).CreateAdminToken(bearer(ctx, boot), &berthv1.CreateAdminTokenRequest{Name: "ops", Role: "operate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WaitApplied()
+	f := follower(c)
+	if _, err := c.Admin(f).ListProxies(bearer(ctx, ops.Token), &berthv1.ListProxiesRequest{}); err != nil {
+		t.Fatalf("token before the revoke: %v", err)
+	}
+
+	c.Isolate(f)
+	if _, err := c.Admin(leader).RevokeAdminToken(bearer(ctx, boot), &berthv1.RevokeAdminTokenRequest{TokenId: ops.Record.Id}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range c.Len() {
+		_, err := c.Admin(i).ListProxies(bearer(ctx, ops.Token), &berthv1.ListProxiesRequest{Consistency: berthv1.Consistency_CONSISTENCY_STALE})
+		if err == nil {
+			t.Fatalf("node %d (cut off: %v) accepted the revoked token", i, i == f)
+		}
+		want := codes.Unauthenticated
+		if i == f {
+			want = codes.Unavailable
+		}
+		if status.Code(err) != want {
+			t.Fatalf("node %d: want %v, got %v", i, want, err)
+		}
+	}
+	if _, err := c.Admin(f).ListProxies(bearer(ctx, boot), &berthv1.ListProxiesRequest{Consistency: berthv1.Consistency_CONSISTENCY_STALE}); err != nil {
+		t.Fatalf("bootstrap token on the cut-off node: %v", err)
+	}
+
+	// Healed, the node learns of the revocation and says so.
+	c.Heal(f)
+	controlplanetest.Eventually(t, 30*time.Second, func() error {
+		_, err := c.Admin(f).ListProxies(bearer(ctx, ops.Token), &berthv1.ListProxiesRequest{})
+		if status.Code(err) != codes.Unauthenticated {
+			return fmt.Errorf("healed node: want Unauthenticated, got %v", err)
+		}
+		return nil
+	})
 }
