@@ -114,9 +114,12 @@ func Default() Config {
 		RemoveDeadAfter: 0,
 		MinVoters:       3,
 		Raft: RaftConfig{
-			HeartbeatTimeout:   1000 * time.Millisecond,
-			ElectionTimeout:    1000 * time.Millisecond,
-			LeaderLeaseTimeout: 500 * time.Millisecond,
+			// Tuned for a LAN control plane: a dead leader is replaced
+			// in about a second (deploy/local/failover; docs/BENCHMARKS.md).
+			// Across regions, raise all three together.
+			HeartbeatTimeout:   500 * time.Millisecond,
+			ElectionTimeout:    500 * time.Millisecond,
+			LeaderLeaseTimeout: 250 * time.Millisecond,
 			CommitTimeout:      5 * time.Millisecond,
 			SnapshotInterval:   120 * time.Second,
 			SnapshotThreshold:  16384,

@@ -94,86 +94,137 @@ func (h *history) add(op porcupine.Operation) {
 // sequential order; writes whose outcome is unknown may or may not apply.
 func TestRegistryIsLinearizableAcrossLeaderKillAndPartition(t *testing.T) {
 	c := controlplanetest.MakeCluster(t, 3, controlplanetest.Options{})
-	h := &history{start: time.Now()}
-	keys := []string{"k0", "k1", "k2", "k3"}
-	var (
-		stop    atomic.Bool
-		wg      sync.WaitGroup
-		counter atomic.Int64
-		okReads atomic.Int64
-		okWrite atomic.Int64
-	)
-	const clients = 6
-	for cid := range clients {
-		wg.Add(1)
+	w := startRegisterWorkload(t, func(node int) (berthv1.RegistryServiceClient, berthv1.AdminServiceClient, bool) {
+		if c.Node(node) == nil {
+			return nil, nil, false
+		}
+		return c.Registry(node), c.Admin(node), true
+	})
+	w.waitOps(30)
+	old := c.Leader()
+	t.Logf("killing leader %d", old)
+	c.Stop(old)
+	w.waitOps(30)
+	c.Start(old)
+	w.waitOps(30)
+	second := c.Leader()
+	t.Logf("isolating leader %d from its peers", second)
+	c.Isolate(second)
+	w.waitOps(30)
+	c.Heal(second)
+	w.waitOps(30)
+	w.stopAndCheck()
+}
+
+// registerWorkload is six clients writing and linearizably reading four
+// keys on random nodes of a 3-node control plane, every operation recorded
+// for porcupine.
+type registerWorkload struct {
+	t       *testing.T
+	h       *history
+	stop    atomic.Bool
+	wg      sync.WaitGroup
+	okReads atomic.Int64
+	okWrite atomic.Int64
+}
+
+// registerKeys are the workload's registers.
+var registerKeys = []string{"k0", "k1", "k2", "k3"}
+
+// startRegisterWorkload starts the clients. clients(node) gives node's
+// services, or false while the node is down.
+func startRegisterWorkload(t *testing.T, clients func(node int) (berthv1.RegistryServiceClient, berthv1.AdminServiceClient, bool)) *registerWorkload {
+	w := &registerWorkload{t: t, h: &history{start: time.Now()}}
+	keys := registerKeys
+	var counter atomic.Int64
+	for cid := range 6 {
+		w.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer w.wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(cid), 7))
-			for !stop.Load() {
+			for !w.stop.Load() {
 				node := rng.IntN(3)
-				if c.Node(node) == nil {
+				reg, admin, ok := clients(node)
+				if !ok {
+					time.Sleep(time.Millisecond)
 					continue
 				}
 				key := keys[rng.IntN(len(keys))]
 				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-				call := h.now()
+				call := w.h.now()
 				if rng.IntN(2) == 0 {
 					value := fmt.Sprintf("v%d", counter.Add(1))
 					p := &berthv1.Proxy{Id: key, Labels: map[string]string{"value": value}}
-					_, err := c.Registry(node).RegisterProxy(ctx, &berthv1.RegisterProxyRequest{Proxy: p})
-					ret := h.now()
+					_, err := reg.RegisterProxy(ctx, &berthv1.RegisterProxyRequest{Proxy: p})
+					ret := w.h.now()
 					in := regInput{write: true, key: key, value: value, node: node}
+					if neverSent(err) {
+						// The call never left this process: nothing to record.
+						cancel()
+						time.Sleep(10 * time.Millisecond)
+						continue
+					}
 					if err != nil {
 						ret = math.MaxInt64 // outcome unknown: it may apply at any later point
 						in.err = err.Error()
 					} else {
-						okWrite.Add(1)
+						w.okWrite.Add(1)
 					}
-					h.add(porcupine.Operation{ClientId: cid, Input: in, Call: call, Output: regOutput{}, Return: ret})
+					w.h.add(porcupine.Operation{ClientId: cid, Input: in, Call: call, Output: regOutput{}, Return: ret})
 				} else {
-					resp, err := c.Admin(node).GetProxy(ctx, &berthv1.GetProxyRequest{ProxyId: key, Consistency: berthv1.Consistency_CONSISTENCY_LINEARIZABLE})
-					ret := h.now()
-					switch {
-					case err == nil:
-						okReads.Add(1)
-						h.add(porcupine.Operation{ClientId: cid, Input: regInput{key: key, node: node}, Call: call, Output: regOutput{value: resp.Proxy.Labels["value"]}, Return: ret})
-					case status.Code(err) == codes.NotFound:
-						okReads.Add(1)
-						h.add(porcupine.Operation{ClientId: cid, Input: regInput{key: key, node: node}, Call: call, Output: regOutput{}, Return: ret})
-					}
-					// A failed read observed nothing and is left out.
+					w.read(ctx, cid, admin, node, key, call)
 				}
 				cancel()
 			}
 		}()
 	}
+	return w
+}
 
-	waitOps := func(n int64) {
-		target := okWrite.Load() + n
-		controlplanetest.Eventually(t, 60*time.Second, func() error {
-			if okWrite.Load() < target {
-				return fmt.Errorf("%d acknowledged writes, waiting for %d", okWrite.Load(), target)
-			}
-			return nil
-		})
+// read records one linearizable read of key on node, called at call.
+func (w *registerWorkload) read(ctx context.Context, cid int, admin berthv1.AdminServiceClient, node int, key string, call int64) {
+	resp, err := admin.GetProxy(ctx, &berthv1.GetProxyRequest{ProxyId: key, Consistency: berthv1.Consistency_CONSISTENCY_LINEARIZABLE})
+	ret := w.h.now()
+	switch {
+	case err == nil:
+		w.okReads.Add(1)
+		w.h.add(porcupine.Operation{ClientId: cid, Input: regInput{key: key, node: node}, Call: call, Output: regOutput{value: resp.Proxy.Labels["value"]}, Return: ret})
+	case status.Code(err) == codes.NotFound:
+		w.okReads.Add(1)
+		w.h.add(porcupine.Operation{ClientId: cid, Input: regInput{key: key, node: node}, Call: call, Output: regOutput{}, Return: ret})
 	}
-	waitOps(30)
-	old := c.Leader()
-	t.Logf("killing leader %d", old)
-	c.Stop(old)
-	waitOps(30)
-	c.Start(old)
-	waitOps(30)
-	second := c.Leader()
-	t.Logf("isolating leader %d from its peers", second)
-	c.Isolate(second)
-	waitOps(30)
-	c.Heal(second)
-	waitOps(30)
-	stop.Store(true)
-	wg.Wait()
+	// A failed read observed nothing and is left out.
+}
 
-	t.Logf("history: %d operations (%d acknowledged writes, %d reads)", len(h.ops), okWrite.Load(), okReads.Load())
+// neverSent reports a gRPC error that came before any byte of the call was
+// sent: no connection to the node could be made (gRPC's "connection error"
+// while dialling), so the write cannot have applied.
+func neverSent(err error) bool {
+	st, ok := status.FromError(err)
+	return err != nil && ok && st.Code() == codes.Unavailable && strings.HasPrefix(st.Message(), "connection error:")
+}
+
+// waitOps waits for n more acknowledged writes.
+func (w *registerWorkload) waitOps(n int64) {
+	w.t.Helper()
+	target := w.okWrite.Load() + n
+	controlplanetest.Eventually(w.t, 60*time.Second, func() error {
+		if w.okWrite.Load() < target {
+			return fmt.Errorf("%d acknowledged writes, waiting for %d", w.okWrite.Load(), target)
+		}
+		return nil
+	})
+}
+
+// stopAndCheck stops the clients and fails the test unless the history is
+// linearizable, keeping the visualization and a text history if it is not.
+func (w *registerWorkload) stopAndCheck() {
+	t := w.t
+	t.Helper()
+	w.stop.Store(true)
+	w.wg.Wait()
+	h := w.h
+	t.Logf("history: %d operations (%d acknowledged writes, %d reads)", len(h.ops), w.okWrite.Load(), w.okReads.Load())
 	result, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, 60*time.Second)
 	if result != porcupine.Ok {
 		// Not t.TempDir: the visualization must outlive the failed test.

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -63,7 +65,10 @@ request failed.
 				return err
 			}
 			res, err := bench.Run(cmd.Context(), cfg)
-			if err != nil {
+			if errors.Is(err, context.Canceled) {
+				// Interrupted (Ctrl-C, SIGTERM): report what ran.
+				fmt.Fprintln(a.stderr, "interrupted: results so far")
+			} else if err != nil {
 				return fmt.Errorf("bench: %w", err)
 			}
 			if err := a.printBench(cfg, res); err != nil {

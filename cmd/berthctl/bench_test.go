@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -60,5 +63,29 @@ func TestBenchHTTPFailsOnBadAnswers(t *testing.T) {
 		if r := berthctlEnv(t, nil, args...); r.code == 0 {
 			t.Errorf("%v: exit 0", args)
 		}
+	}
+}
+
+func TestBenchHTTPReportsWhenInterrupted(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if n.Add(1) == 20 {
+			cancel() // what signal.NotifyContext does on Ctrl-C
+		}
+		_, _ = w.Write(body)
+	}))
+	defer srv.Close()
+	var stdout, stderr bytes.Buffer
+	root := newRootCmd(&stdout, &stderr, func(string) string { return "" })
+	code := execute(ctx, root, []string{"bench", "http", "-o", "json", "-c", "1", "-d", "1h", "--warmup", "0", srv.URL}, &stderr)
+	if code != 0 || !strings.Contains(stderr.String(), "interrupted") {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var rep benchReport
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil || rep.Requests < 19 || rep.Failed != 0 {
+		t.Fatalf("report %+v %v\n%s", rep, err, stdout.String())
 	}
 }
