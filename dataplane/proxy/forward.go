@@ -42,7 +42,7 @@ var hopHeaders = [...]string{
 
 // forward sends r to the endpoint of rt and copies the answer to w.
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt route) {
-	out := p.outgoing(r)
+	out := outgoing(r, rt.peerHop)
 	resp, err := p.roundTrip(out, rt)
 	if err != nil {
 		if rt.peerHop && notSent(err) {
@@ -92,8 +92,11 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt route) {
 
 // outgoing is the request sent upstream: r with its own header map, no
 // hop-by-hop headers (an upgrade keeps its Connection and Upgrade), and
-// the X-Forwarded headers.
-func (p *Proxy) outgoing(r *http.Request) *http.Request {
+// the X-Forwarded headers. A request a peer forwarded was made so by the
+// peer, which saw the client: its headers go on as they are (adding the
+// peer's address to X-Forwarded-For, or "http" as the protocol of a client
+// that spoke TLS to the peer, would be wrong).
+func outgoing(r *http.Request, fromPeer bool) *http.Request {
 	out := new(http.Request)
 	*out = *r
 	out.RequestURI = ""
@@ -104,6 +107,9 @@ func (p *Proxy) outgoing(r *http.Request) *http.Request {
 	u := *r.URL
 	u.Scheme, u.Host = "http", r.Host
 	out.URL = &u
+	if fromPeer {
+		return out
+	}
 
 	h := make(http.Header, len(r.Header)+3)
 	for k, vv := range r.Header {
