@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/berthhq/berth/controlplane"
+	"github.com/berthhq/berth/controlplane/controlplanetest"
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
 )
 
@@ -221,4 +223,45 @@ func TestRobustnessAllNodesKilledAtOnce(t *testing.T) {
 			t.Fatalf("reading %s: %v", key, err)
 		}
 	}
+}
+
+// TestRobustnessFollowerCatchesUpBySnapshot cuts a follower off, lets the
+// leader commit and compact its log past everything the follower has (a
+// forced snapshot, ten trailing entries), and heals it while the register
+// workload goes on. The follower can only catch up by installing the
+// leader's snapshot; afterwards it serves linearizable reads like the
+// others, and the whole history linearizes.
+func TestRobustnessFollowerCatchesUpBySnapshot(t *testing.T) {
+	c := controlplanetest.MakeCluster(t, 3, controlplanetest.Options{Configure: func(_ int, cfg *controlplane.Config) {
+		cfg.Raft.TrailingLogs = 10
+	}})
+	w := startRegisterWorkload(t, func(node int) (berthv1.RegistryServiceClient, berthv1.AdminServiceClient, bool) {
+		return c.Registry(node), c.Admin(node), true
+	})
+	w.waitOps(30)
+	leader := c.Leader()
+	f := (leader + 1) % 3
+	t.Logf("cutting off follower %d", f)
+	c.Isolate(f)
+	w.waitOps(100)
+	if err := c.Node(leader).Raft().Snapshot().Error(); err != nil {
+		t.Fatalf("snapshot on the leader: %v", err)
+	}
+	w.waitOps(30) // more than TrailingLogs entries past the snapshot
+	if got := c.Node(f).Raft().Stats()["last_snapshot_index"]; got != "0" {
+		t.Fatalf("the cut-off follower already has snapshot %s", got)
+	}
+	t.Logf("healing follower %d", f)
+	c.Heal(f)
+	controlplanetest.Eventually(t, 60*time.Second, func() error {
+		if got := c.Node(f).Raft().Stats()["last_snapshot_index"]; got == "0" {
+			return fmt.Errorf("follower %d has installed no snapshot yet", f)
+		}
+		if fa, la := c.Node(f).Raft().AppliedIndex(), c.Node(c.Leader()).Raft().AppliedIndex(); fa+50 < la {
+			return fmt.Errorf("follower %d applied %d, leader %d", f, fa, la)
+		}
+		return nil
+	})
+	w.waitOps(30)
+	w.stopAndCheck()
 }
