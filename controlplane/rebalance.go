@@ -101,6 +101,10 @@ func newRebalancer(n *Node, cfg RebalanceConfig) *rebalancer {
 }
 
 // kick asks for a round soon.
+// kickedRoundGap is the least time between the end of a round and a round
+// started by a kick.
+const kickedRoundGap = 100 * time.Millisecond
+
 func (r *rebalancer) kick() {
 	select {
 	case r.trigger <- struct{}{}:
@@ -114,16 +118,29 @@ func (r *rebalancer) run(ctx context.Context) {
 	go r.watchProxies(ctx)
 	tick := time.NewTicker(r.cfg.Interval)
 	defer tick.Stop()
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		case <-r.trigger:
+			// Every change to a proxy record kicks; under a burst of
+			// registrations rounds ran back to back, an eighth of the
+			// leader's CPU in the write benchmark. Kicks within the gap
+			// fold into one round.
+			if wait := kickedRoundGap - time.Since(last); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
 		}
 		if _, err := r.round(ctx, false); err != nil && ctx.Err() == nil {
 			r.n.logger.Warn("rebalance round failed", "err", err)
 		}
+		last = time.Now()
 	}
 }
 
