@@ -22,7 +22,10 @@ func bearer(ctx context.Context, tok string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
 }
 
-func TestAdminTokensReadOperateAndRevoke(t *testing.T) {
+// adminAuthCluster starts three nodes with admin auth on and returns them
+// with their bootstrap token; configure, if set, adjusts each config.
+func adminAuthCluster(t *testing.T, configure func(*controlplane.Config)) (*controlplanetest.Cluster, string) {
+	t.Helper()
 	boot, _, err := token.NewAdminToken("bootstrap", token.RoleOperate, 0, time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -34,7 +37,15 @@ func TestAdminTokensReadOperateAndRevoke(t *testing.T) {
 	c := controlplanetest.MakeCluster(t, 3, controlplanetest.Options{Configure: func(_ int, cfg *controlplane.Config) {
 		cfg.AdminAuth = true
 		cfg.AdminBootstrapTokenFile = bootFile
+		if configure != nil {
+			configure(cfg)
+		}
 	}})
+	return c, boot
+}
+
+func TestAdminTokensReadOperateAndRevoke(t *testing.T) {
+	c, boot := adminAuthCluster(t, nil)
 	f := follower(c)
 	register(t, c, f, "p1")
 	admin := c.Admin(f)
@@ -94,19 +105,7 @@ func TestAdminTokensReadOperateAndRevoke(t *testing.T) {
 // from its own replica. It cannot check the token at all, so it answers
 // Unavailable; the bootstrap token still works there.
 func TestRevokedAdminTokenRefusedByACutOffNode(t *testing.T) {
-	boot, _, err := token.NewAdminToken("bootstrap", token.RoleOperate, 0, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	bootFile := filepath.Join(t.TempDir(), "bootstrap")
-	if err := os.WriteFile(bootFile, []byte(boot+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c := controlplanetest.MakeCluster(t, 3, controlplanetest.Options{Configure: func(_ int, cfg *controlplane.Config) {
-		cfg.AdminAuth = true
-		cfg.AdminBootstrapTokenFile = bootFile
-		cfg.ApplyLimit.Timeout = 3 * time.Second
-	}})
+	c, boot := adminAuthCluster(t, func(cfg *controlplane.Config) { cfg.ApplyLimit.Timeout = 3 * time.Second })
 	ctx := ctxT(t)
 	leader := c.Leader()
 	ops, err := c.Admin(leader).CreateAdminToken(bearer(ctx, boot), &berthv1.CreateAdminTokenRequest{Name: "ops", Role: "operate"})

@@ -184,7 +184,7 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, out *http.Request, resp *htt
 		p.fail(w, errors.New("upgraded answer is not a connection"))
 		return
 	}
-	defer back.Close()
+	defer back.Close() // pipe closes it too; closing twice is harmless
 	if want, got := upgradeType(out.Header), upgradeType(resp.Header); !strings.EqualFold(want, got) {
 		p.fail(w, errors.Join(errUnreachable, errors.New("upstream switched to protocol "+got+", not "+want)))
 		return
@@ -198,40 +198,15 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, out *http.Request, resp *htt
 	if err != nil {
 		return
 	}
-	defer down.Close()
 	resp.Body = nil
-	if err := resp.Write(brw); err != nil {
+	if err := resp.Write(brw); err == nil {
+		err = brw.Flush()
+	}
+	if err != nil {
+		_ = down.Close()
 		return
 	}
-	if err := brw.Flush(); err != nil {
-		return
-	}
-	relay(&bufferedConn{Conn: down, r: brw.Reader}, back)
-}
-
-// relay copies a→b and b→a until both end, half-closing each destination
-// as its source finishes.
-func relay(a, b io.ReadWriter) {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_, _ = io.Copy(b, a)
-		_ = halfClose(b)
-	}()
-	_, _ = io.Copy(a, b)
-	_ = halfClose(a)
-	wg.Wait()
-}
-
-func halfClose(w io.Writer) error {
-	if cw, ok := w.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	if c, ok := w.(io.Closer); ok {
-		return c.Close()
-	}
-	return nil
+	pipe(&bufferedConn{Conn: down, r: brw.Reader}, back)
 }
 
 // flushingWriter flushes the response after every write.

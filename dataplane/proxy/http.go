@@ -139,10 +139,10 @@ func (p *Proxy) serveTCP(w http.ResponseWriter, r *http.Request, endpoint string
 
 // pipe copies both ways until both directions end, half-closing each side
 // as its source finishes, then closes both.
-func pipe(a, b net.Conn) {
+func pipe(a, b io.ReadWriteCloser) {
 	var wg sync.WaitGroup
 	wg.Add(2)
-	cp := func(dst, src net.Conn) {
+	cp := func(dst, src io.ReadWriteCloser) {
 		defer wg.Done()
 		_, _ = io.Copy(dst, src)
 		_ = closeWrite(dst)
@@ -156,7 +156,7 @@ func pipe(a, b net.Conn) {
 
 // closeWrite half-closes c: CloseWrite where c has it (TCP), else Close,
 // which for a yamux stream sends FIN and keeps the read side open.
-func closeWrite(c net.Conn) error {
+func closeWrite(c io.Closer) error {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}

@@ -171,6 +171,9 @@ type upgradedBody struct {
 	done func()
 }
 
+// CloseWrite passes a half-close on to the upgraded stream.
+func (b *upgradedBody) CloseWrite() error { return closeWrite(b.ReadWriteCloser) }
+
 func (b *upgradedBody) Close() error {
 	defer b.done()
 	return b.ReadWriteCloser.Close()
