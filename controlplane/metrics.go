@@ -145,8 +145,8 @@ func (c *registryCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // serveHTTP serves /metrics, /healthz (the process is up) and /readyz (the
-// node knows a leader and can serve default reads).
-func (n *Node) serveHTTP(reg *prometheus.Registry) error {
+// node knows a leader and can serve default reads), plus debug's handlers.
+func (n *Node) serveHTTP(reg *prometheus.Registry, debug func(*http.ServeMux)) error {
 	ln, err := net.Listen("tcp", n.cfg.HTTPAddr)
 	if err != nil {
 		return err
@@ -162,6 +162,9 @@ func (n *Node) serveHTTP(reg *prometheus.Registry) error {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	if debug != nil {
+		debug(mux)
+	}
 	n.httpServer = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	n.goRun("http", func() {
 		if err := n.httpServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

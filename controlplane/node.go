@@ -52,6 +52,9 @@ type Deps struct {
 	// Registerer receives the node's metrics; nil makes a private registry
 	// served on HTTPAddr.
 	Registry *prometheus.Registry
+	// DebugHandlers, when set, adds handlers (the runtime's profiles) to the
+	// HTTPAddr mux; berthd sets it for --pprof.
+	DebugHandlers func(*http.ServeMux)
 }
 
 // Node is one control-plane server: Raft, the registry FSM, the event broker
@@ -221,7 +224,7 @@ func New(cfg Config, logger *slog.Logger, deps Deps) (n *Node, err error) {
 	})
 
 	if cfg.HTTPAddr != "" {
-		if err := n.serveHTTP(deps.Registry); err != nil {
+		if err := n.serveHTTP(deps.Registry, deps.DebugHandlers); err != nil {
 			return nil, err
 		}
 	}

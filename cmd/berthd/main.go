@@ -4,6 +4,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/berthhq/berth/cmd/internal/conf"
 	"github.com/berthhq/berth/controlplane"
+	"github.com/berthhq/berth/dataplane/debughttp"
 )
 
 func main() {
@@ -27,7 +29,15 @@ func run(args []string) error {
 	cfg.RegisterFlags(goFlags)
 	fs := pflag.NewFlagSet("berthd", pflag.ContinueOnError)
 	fs.AddGoFlagSet(goFlags)
+	pprof := fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on --http-addr")
 	return conf.Run(fs, args, "BERTH_", func(logger *slog.Logger) (io.Closer, error) {
-		return controlplane.New(cfg, logger, controlplane.Deps{})
+		var deps controlplane.Deps
+		if *pprof {
+			if cfg.HTTPAddr == "" {
+				return nil, errors.New("pprof: needs --http-addr")
+			}
+			deps.DebugHandlers = debughttp.Register
+		}
+		return controlplane.New(cfg, logger, deps)
 	})
 }

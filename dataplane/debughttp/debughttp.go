@@ -1,5 +1,5 @@
 // Package debughttp serves the Go runtime's profiles on a daemon's admin
-// HTTP address (--pprof on berth-proxy and berth-agent), so a live process
+// HTTP address (--pprof on berthd, berth-proxy and berth-agent), so a live process
 // can be profiled under real load with `go tool pprof`.
 package debughttp
 
