@@ -86,6 +86,10 @@ type Config struct {
 	AgentKeys string
 	// KeysReload is how often the agent keyring is re-read.
 	KeysReload time.Duration
+
+	// Edge is the downstream side: access log, timeouts, client
+	// authentication and TLS (edge.go).
+	Edge EdgeConfig
 }
 
 // Default is a proxy on loopback talking to a local control plane.
@@ -112,6 +116,7 @@ func Default() Config {
 		TunnelRate:          50,
 		TunnelBurst:         100,
 		KeysReload:          5 * time.Second,
+		Edge:                DefaultEdge(),
 	}
 }
 
@@ -144,6 +149,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Tunnel.Validate(); err != nil {
 		return fmt.Errorf("tunnel: %w", err)
+	}
+	if err := c.Edge.Validate(); err != nil {
+		return fmt.Errorf("edge: %w", err)
 	}
 	switch {
 	case c.LoadInterval <= 0:
@@ -200,6 +208,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.Float64Var(&c.TunnelRate, "tunnel-rate", c.TunnelRate, "new tunnels per second from one source address")
 	fs.IntVar(&c.TunnelBurst, "tunnel-burst", c.TunnelBurst, "burst of new tunnels from one source address")
 	fs.StringVar(&c.AgentKeys, "agent-keys", c.AgentKeys, "directory of keys agent tokens are verified with (berthctl token keygen)")
+	c.Edge.RegisterFlags(fs)
 	c.ControlPlane.RegisterFlags(fs)
 }
 

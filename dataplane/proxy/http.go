@@ -60,22 +60,45 @@ type route struct {
 	// (the one named, if it is usable), never forward again.
 	peerHop bool
 	connID  string
+	// acc is the access log's record of a downstream request (nil: off).
+	acc *accessWriter
 }
 
 // ServeHTTP is the downstream entry point: plain HTTP and upgrades
 // (WebSocket) through a reverse proxy whose transport opens tunnel streams;
 // raw TCP through the berth-tcp upgrade.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if aw := p.access.begin(r.Context(), w); aw != nil {
+		defer func() {
+			if v := recover(); v != nil {
+				aw.failed("aborted") // the answer was cut short
+				p.access.end(r.Context(), aw, r)
+				panic(v)
+			}
+			p.access.end(r.Context(), aw, r)
+		}()
+		p.serve(aw, r, aw)
+		return
+	}
+	p.serve(w, r, nil)
+}
+
+// serve routes one downstream request; acc (nil when the access log is
+// off) is w, seen as the log's record.
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, acc *accessWriter) {
 	endpoint, err := endpointOf(r)
 	if err != nil {
 		p.fail(w, err)
 		return
 	}
+	if acc != nil {
+		acc.endpoint = endpoint
+	}
+	rt := route{endpoint: endpoint, hashKey: p.hashKey(r), acc: acc}
 	if r.URL.Path == TCPPath && strings.EqualFold(r.Header.Get("Upgrade"), TCPUpgrade) {
-		p.serveTCP(w, r, endpoint)
+		p.serveTCP(w, r, rt)
 		return
 	}
-	rt := route{endpoint: endpoint, hashKey: p.hashKey(r)}
 	p.metrics.requests.Inc()
 	p.forward(w, r, rt)
 }
@@ -102,19 +125,23 @@ func notSent(err error) bool {
 func (p *Proxy) fail(w http.ResponseWriter, err error) {
 	code, reason := statusFor(err)
 	p.metrics.routeErrors.WithLabelValues(reason).Inc()
+	if aw, ok := w.(*accessWriter); ok {
+		aw.failed(reason)
+	}
 	w.Header().Set(ErrorHeader, reason)
 	http.Error(w, err.Error(), code)
 }
 
 // serveTCP answers the berth-tcp upgrade: open a TCP stream to the
 // endpoint, say 101, and splice the two.
-func (p *Proxy) serveTCP(w http.ResponseWriter, r *http.Request, endpoint string) {
-	hdr := &berthv1.StreamHeader{Endpoint: endpoint, Kind: berthv1.StreamKind_STREAM_KIND_TCP, ClientAddress: r.RemoteAddr}
-	up, t, err := p.openStream(r.Context(), hdr, route{endpoint: endpoint, hashKey: p.hashKey(r)})
+func (p *Proxy) serveTCP(w http.ResponseWriter, r *http.Request, rt route) {
+	hdr := &berthv1.StreamHeader{Endpoint: rt.endpoint, Kind: berthv1.StreamKind_STREAM_KIND_TCP, ClientAddress: r.RemoteAddr}
+	up, t, err := p.openStream(r.Context(), hdr, rt)
 	if err != nil {
 		p.fail(w, err)
 		return
 	}
+	rt.acc.served(t)
 	done := p.begin(t)
 	defer done()
 	hj, ok := w.(http.Hijacker)

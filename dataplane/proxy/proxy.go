@@ -55,6 +55,7 @@ type Proxy struct {
 	downstream, admin                    *http.Server
 	copyBufs                             copyBuffers
 	bodies                               bodyBuffers
+	access                               *accessLog // nil: off
 	pools                                *streamPools
 	peerHTTP                             *peerHTTP
 	started                              time.Time
@@ -86,6 +87,7 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 		cancel:  cancel,
 		started: time.Now(),
 		sources: newSourceLimiter(cfg.TunnelRate, cfg.TunnelBurst),
+		access:  newAccessLog(cfg.Edge, logger),
 	}
 	var closers []func()
 	defer func() {

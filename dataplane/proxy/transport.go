@@ -53,6 +53,7 @@ func (p *Proxy) roundTrip(req *http.Request, rt route) (*http.Response, error) {
 			}
 			resp, err := p.tryTarget(req, t, rt.endpoint)
 			if err == nil {
+				rt.acc.served(t)
 				return resp, nil
 			}
 			if !notSent(err) || !replayable {
