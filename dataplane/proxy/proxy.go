@@ -167,7 +167,10 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 	p.pools = newStreamPools(p)
 	p.peerHTTP = newPeerHTTP(p)
 	p.goRun(func() { p.peerHTTP.run(p.logger) })
-	p.downstream = &http.Server{Handler: p, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(p.logger.Handler(), slog.LevelDebug)}
+	// No ReadTimeout or WriteTimeout: they would cut WebSockets and
+	// streamed bodies (timeouts.go).
+	p.downstream = &http.Server{Handler: p, ReadHeaderTimeout: cfg.Edge.ReadHeaderTimeout, IdleTimeout: cfg.Edge.IdleTimeout,
+		ErrorLog: slog.NewLogLogger(p.logger.Handler(), slog.LevelDebug)}
 	p.goRun(func() { serveHTTP(p.downstream, p.downLn, p.logger) })
 	p.goRun(p.acceptTunnels)
 	p.goRun(func() {

@@ -229,7 +229,7 @@ func statusFor(err error) (int, string) {
 		return http.StatusBadRequest, "invalid-endpoint"
 	case errors.Is(err, errNoUpstream):
 		return http.StatusServiceUnavailable, "no-upstream"
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, errUpstreamHeaderTimeout):
 		return http.StatusGatewayTimeout, "upstream-timeout"
 	case errors.Is(err, errUnreachable):
 		return http.StatusBadGateway, "upstream-unreachable"

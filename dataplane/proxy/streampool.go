@@ -78,7 +78,8 @@ func (ps *streamPools) get(t target, endpoint string) *streamPool {
 		return sp
 	}
 	hdr := &berthv1.StreamHeader{Endpoint: endpoint, Kind: berthv1.StreamKind_STREAM_KIND_HTTP}
-	sp := &streamPool{open: func(ctx context.Context) (net.Conn, error) { return ps.p.openOn(ctx, t, hdr) }}
+	sp := &streamPool{open: func(ctx context.Context) (net.Conn, error) { return ps.p.openOn(ctx, t, hdr) },
+		headerTimeout: ps.p.cfg.Edge.UpstreamHeaderTimeout}
 	ps.m[k] = sp
 	return sp
 }
@@ -112,6 +113,8 @@ func (ps *streamPools) closeAll() {
 // used last.
 type streamPool struct {
 	open func(context.Context) (net.Conn, error)
+	// headerTimeout bounds the wait for a response's head (0: none).
+	headerTimeout time.Duration
 
 	mu     sync.Mutex
 	idle   []*httpStream
@@ -300,8 +303,17 @@ func (sp *streamPool) send(hs *httpStream, req *http.Request) (*http.Response, e
 	}
 
 	trace := httptrace.ContextClientTrace(ctx)
+	if sp.headerTimeout > 0 {
+		_ = hs.conn.SetReadDeadline(time.Now().Add(sp.headerTimeout))
+	}
 	for {
 		resp, err := http.ReadResponse(hs.br, req)
+		if err != nil && sp.headerTimeout > 0 && ctx.Err() == nil && isTimeout(err) {
+			return fail(fmt.Errorf("%w: none within %s", errUpstreamHeaderTimeout, sp.headerTimeout))
+		}
+		if err == nil && sp.headerTimeout > 0 && (resp.StatusCode < 100 || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols) {
+			clearReadDeadline(ctx, hs.conn)
+		}
 		if err != nil {
 			if wrote != nil {
 				if werr := <-wrote; werr != nil {

@@ -1,0 +1,136 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/controlplane/controlplanetest"
+	"github.com/berthhq/berth/dataplane/dataplanetest"
+	"github.com/berthhq/berth/dataplane/proxy"
+)
+
+// waitRoutes waits until every proxy of e answers for endpoint.
+func waitRoutes(t *testing.T, e *dataplanetest.Env, c *http.Client, endpoint string) {
+	t.Helper()
+	for p := range e.Len() {
+		controlplanetest.Eventually(t, 20*time.Second, func() error {
+			code, _, _, err := e.Get(c, p, endpoint, "/")
+			if err != nil || code != 200 {
+				return fmt.Errorf("proxy %d: %d %v", p, code, err)
+			}
+			return nil
+		})
+	}
+}
+
+// closedWithin reports how long until the server closes c (reads are
+// discarded), failing past limit.
+func closedWithin(t *testing.T, c net.Conn, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	_ = c.SetReadDeadline(start.Add(limit))
+	_, err := io.Copy(io.Discard, c)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("connection still open after %v", limit)
+	}
+	return time.Since(start)
+}
+
+func TestEdgeTimeoutsCutSlowClientsNotLongStreams(t *testing.T) {
+	const d = 300 * time.Millisecond
+	e := dataplanetest.Start(t, dataplanetest.Options{Proxies: 2, ConfigureProxy: func(_ int, cfg *proxy.Config) {
+		cfg.Edge.ReadHeaderTimeout, cfg.Edge.IdleTimeout, cfg.Edge.UpstreamHeaderTimeout = d, d, d
+	}})
+	demo := startDemo(t)
+	gated, release, _ := gatedUpstream(t)
+	e.Agent("a1", e.TunnelAddrs()[:1], map[string]string{"ws": demo, "live": gated})
+	e.WaitConnections("ws", 1)
+	c := httpClient(t)
+	waitRoutes(t, e, c, "ws")
+
+	// A WebSocket (through the holder and through a peer) and a streamed
+	// body stay open for several times every timeout.
+	ws0 := dialWebSocket(t, "ws://"+e.DownstreamAddr(0)+"/ws", "ws.berth.test")
+	ws1 := dialWebSocket(t, "ws://"+e.DownstreamAddr(1)+"/ws", "ws.berth.test")
+	req, _ := http.NewRequest("GET", "http://"+e.DownstreamAddr(1)+"/stream", nil)
+	req.Host = "live.berth.test"
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	if line, err := br.ReadString('\n'); err != nil || line != "first\n" {
+		t.Fatalf("stream: %q %v", line, err)
+	}
+
+	// Meanwhile a slowloris client, a header line every 100 ms, is cut.
+	slow, err := net.Dial("tcp", e.DownstreamAddr(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	stopDrip := make(chan struct{})
+	go func() {
+		_, _ = io.WriteString(slow, "GET / HTTP/1.1\r\nHost: ws.berth.test\r\n")
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopDrip:
+				return
+			case <-tick.C:
+				if _, err := io.WriteString(slow, "X-Slow: 1\r\n"); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	took := closedWithin(t, slow, 5*time.Second)
+	close(stopDrip)
+	t.Logf("slowloris client cut after %v", took)
+
+	// An idle keep-alive connection is closed too.
+	idle, err := net.Dial("tcp", e.DownstreamAddr(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	if _, err := io.WriteString(idle, "GET / HTTP/1.1\r\nHost: ws.berth.test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	ir := bufio.NewReader(idle)
+	ir2, err := http.ReadResponse(ir, nil)
+	if err != nil || ir2.StatusCode != 200 {
+		t.Fatalf("idle connection's request: %v %v", ir2, err)
+	}
+	_, _ = io.Copy(io.Discard, ir2.Body)
+	t.Logf("idle keep-alive connection closed after %v", closedWithin(t, idle, 5*time.Second))
+
+	// An upstream that never answers gets a 504 after the header timeout.
+	start := time.Now()
+	code, _, hdr, err := e.Get(c, 0, "live", "/hang")
+	if err != nil || code != http.StatusGatewayTimeout || hdr.Get(proxy.ErrorHeader) != "upstream-timeout" {
+		t.Fatalf("hanging upstream: %d %q %v", code, hdr.Get(proxy.ErrorHeader), err)
+	}
+	t.Logf("hanging upstream answered 504 after %v", time.Since(start))
+
+	// Hold on past every timeout several times over.
+	hold := time.NewTimer(5 * d)
+	<-hold.C
+	for i, ws := range []func(string) string{ws0, ws1} {
+		if got := ws("still here"); got != "still here" {
+			t.Fatalf("websocket %d after the hold: %q", i, got)
+		}
+	}
+	release <- struct{}{}
+	rest, err := io.ReadAll(br)
+	if err != nil || string(rest) != "second\n" {
+		t.Fatalf("stream after the hold: %q %v", rest, err)
+	}
+}
