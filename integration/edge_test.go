@@ -6,10 +6,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/berthhq/berth/controlplane/controlplanetest"
+	"github.com/berthhq/berth/controlplane/token"
 	"github.com/berthhq/berth/dataplane/dataplanetest"
 	"github.com/berthhq/berth/dataplane/proxy"
 )
@@ -133,4 +135,80 @@ func TestEdgeTimeoutsCutSlowClientsNotLongStreams(t *testing.T) {
 	if err != nil || string(rest) != "second\n" {
 		t.Fatalf("stream after the hold: %q %v", rest, err)
 	}
+}
+
+func TestDownstreamAuthentication(t *testing.T) {
+	dir, ring := agentKeys(t)
+	e := dataplanetest.Start(t, dataplanetest.Options{ConfigureProxy: func(_ int, cfg *proxy.Config) { cfg.Edge.AuthKeys = dir }})
+	// The upstream tells whether the edge's credential reached it.
+	up := startHeaderEcho(t, "Authorization")
+	e.Agent("a1", e.TunnelAddrs()[:1], map[string]string{"web": up, "api": up})
+	e.WaitConnections("web", 1)
+	now := time.Now()
+	sign := func(endpoints []string, issued time.Time, ttl time.Duration) string {
+		tok, err := ring.SignAgent(token.AgentClaims{Endpoints: endpoints, ExpiresAt: issued.Add(ttl)}, issued)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	c := httpClient(t)
+	get := func(p int, endpoint, auth string) (int, string, http.Header) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+e.DownstreamAddr(p)+"/", nil)
+		req.Host = endpoint + ".berth.test"
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), resp.Header
+	}
+	web := "Bearer " + sign([]string{"web"}, now, time.Hour)
+	// Accepted on the holder and on the proxy that forwards to it; the
+	// token stays at the edge.
+	for p := range 2 {
+		controlplanetest.Eventually(t, 20*time.Second, func() error {
+			if code, body, _ := get(p, "web", web); code != 200 || body != "Authorization=" {
+				return fmt.Errorf("proxy %d: %d %q", p, code, body)
+			}
+			return nil
+		})
+	}
+	for _, tt := range []struct{ name, endpoint, auth, reason string }{
+		{"wrong endpoint", "api", web, `token does not cover endpoint "api"`},
+		{"expired", "web", "Bearer " + sign([]string{"web"}, now.Add(-2*time.Hour), time.Hour), "token expired"},
+		{"missing", "web", "", "no bearer token"},
+		{"forged", "web", "Bearer " + web[len("Bearer "):len(web)-4] + "AAAA", "invalid token"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for p := range 2 {
+				code, body, hdr := get(p, tt.endpoint, tt.auth)
+				if code != http.StatusUnauthorized || hdr.Get(proxy.ErrorHeader) != "unauthorized" ||
+					!strings.Contains(body, tt.reason) || !strings.HasPrefix(hdr.Get("WWW-Authenticate"), "Bearer") {
+					t.Fatalf("proxy %d: %d %q %v, want 401 saying %q", p, code, body, hdr, tt.reason)
+				}
+			}
+		})
+	}
+}
+
+// startHeaderEcho runs an upstream answering "<name>=<value>" for one
+// request header.
+func startHeaderEcho(t *testing.T, name string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s=%s", name, r.Header.Get(name))
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln.Addr().String()
 }

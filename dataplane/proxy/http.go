@@ -94,6 +94,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, acc *accessWriter)
 	if acc != nil {
 		acc.endpoint = endpoint
 	}
+	if err := p.authorize(r, endpoint); err != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="berth"`)
+		p.fail(w, err)
+		return
+	}
 	rt := route{endpoint: endpoint, hashKey: p.hashKey(r), acc: acc}
 	if r.URL.Path == TCPPath && strings.EqualFold(r.Header.Get("Upgrade"), TCPUpgrade) {
 		p.serveTCP(w, r, rt)

@@ -56,6 +56,7 @@ type Proxy struct {
 	copyBufs                             copyBuffers
 	bodies                               bodyBuffers
 	access                               *accessLog // nil: off
+	downAuth                             *downstreamAuth // nil: off
 	pools                                *streamPools
 	peerHTTP                             *peerHTTP
 	started                              time.Time
@@ -136,9 +137,18 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 			return nil, fmt.Errorf("agent keys: %w", err)
 		}
 		p.keys.Store(ring)
-		p.goRun(p.reloadKeys)
+		p.goRun(func() { p.reloadKeyring("agent", cfg.AgentKeys, &p.keys) })
 	} else {
 		p.logger.Warn("INSECURE: agents are not authenticated (no --agent-keys); any agent may serve any endpoint")
+	}
+	if cfg.Edge.AuthKeys != "" {
+		ring, err := token.LoadKeyring(cfg.Edge.AuthKeys)
+		if err != nil {
+			return nil, fmt.Errorf("downstream auth keys: %w", err)
+		}
+		p.downAuth = &downstreamAuth{}
+		p.downAuth.keys.Store(ring)
+		p.goRun(func() { p.reloadKeyring("downstream", cfg.Edge.AuthKeys, &p.downAuth.keys) })
 	}
 	if p.cp, err = client.New(cfg.ControlPlane, logger); err != nil {
 		return nil, fmt.Errorf("control-plane client: %w", err)
@@ -197,11 +207,11 @@ func (p *Proxy) goRun(fn func()) {
 	}()
 }
 
-// reloadKeys re-reads the agent keyring every KeysReload, so keys can be
-// added (rotation) or removed (retiring a key, and the tokens it signed)
-// without a restart. A keyring that fails to load is logged and the last
-// good one kept.
-func (p *Proxy) reloadKeys() {
+// reloadKeyring re-reads the keyring in dir every KeysReload into dst, so
+// keys can be added (rotation) or removed (retiring a key, and the tokens
+// it signed) without a restart. A keyring that fails to load is logged and
+// the last good one kept. what names the keyring in logs.
+func (p *Proxy) reloadKeyring(what, dir string, dst *atomic.Pointer[token.Keyring]) {
 	tick := time.NewTicker(p.cfg.KeysReload)
 	defer tick.Stop()
 	var lastErr string
@@ -211,19 +221,19 @@ func (p *Proxy) reloadKeys() {
 			return
 		case <-tick.C:
 		}
-		ring, err := token.LoadKeyring(p.cfg.AgentKeys)
+		ring, err := token.LoadKeyring(dir)
 		if err != nil {
 			if err.Error() != lastErr {
-				p.logger.Warn("agent keyring did not load; keeping the last good one", "err", err)
+				p.logger.Warn(what+" keyring did not load; keeping the last good one", "err", err)
 				lastErr = err.Error()
 			}
 			continue
 		}
 		lastErr = ""
-		if old := p.keys.Load(); !slices.Equal(old.KeyIDs(), ring.KeyIDs()) {
-			p.logger.Info("agent keyring changed", "keys", ring.KeyIDs())
+		if old := dst.Load(); !slices.Equal(old.KeyIDs(), ring.KeyIDs()) {
+			p.logger.Info(what+" keyring changed", "keys", ring.KeyIDs())
 		}
-		p.keys.Store(ring)
+		dst.Store(ring)
 	}
 }
 

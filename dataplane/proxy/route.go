@@ -227,6 +227,8 @@ func statusFor(err error) (int, string) {
 	switch {
 	case errors.Is(err, errInvalidEndpoint):
 		return http.StatusBadRequest, "invalid-endpoint"
+	case errors.Is(err, errUnauthorized):
+		return http.StatusUnauthorized, "unauthorized"
 	case errors.Is(err, errNoUpstream):
 		return http.StatusServiceUnavailable, "no-upstream"
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, errUpstreamHeaderTimeout):
