@@ -2,16 +2,30 @@ package integration
 
 import (
 	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/berthhq/berth/controlplane/controlplanetest"
 	"github.com/berthhq/berth/controlplane/token"
+	"github.com/berthhq/berth/dataplane/agent"
 	"github.com/berthhq/berth/dataplane/dataplanetest"
 	"github.com/berthhq/berth/dataplane/proxy"
 )
@@ -211,4 +225,203 @@ func startHeaderEcho(t *testing.T, name string) string {
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return ln.Addr().String()
+}
+
+// testCA signs leaf certificates for downstream TLS tests.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+func newTestCA(t *testing.T) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "edge test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{cert: cert, key: key, pool: pool}
+}
+
+// writeLeaf writes a certificate for *.berth.test and 127.0.0.1 with the
+// given serial to certFile and keyFile, each replaced whole (rename).
+func (ca *testCA) writeLeaf(t *testing.T, serial int64, certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "edge"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		DNSNames: []string{"*.berth.test"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(path string, block *pem.Block) {
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(keyFile, &pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+	write(certFile, &pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+func TestDownstreamTLSWithSNIAndRotationUnderLoad(t *testing.T) {
+	ca := newTestCA(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "edge.crt"), filepath.Join(dir, "edge.key")
+	ca.writeLeaf(t, 100, certFile, keyFile)
+	e := dataplanetest.Start(t, dataplanetest.Options{ConfigureProxy: func(_ int, cfg *proxy.Config) {
+		cfg.Edge.TLSAddr, cfg.Edge.TLSCert, cfg.Edge.TLSKey = "127.0.0.1:0", certFile, keyFile
+		cfg.Edge.CertReload = 50 * time.Millisecond
+	}})
+	up := dataplanetest.Upstream(t, "svc")
+	echo := startTCPEcho(t)
+	e.Agent("a1", e.TunnelAddrs()[:1], map[string]string{"web": up, "tcp": echo})
+	e.WaitConnections("web", 1)
+	waitRoutes(t, e, httpClient(t), "web")
+
+	// h2 names the endpoint by SNI only (the URL's host is an address);
+	// HTTP/1.1 by Host. Fresh connections each time, so rotation shows.
+	clientFor := func(h2 bool) *http.Client {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "web.berth.test"}, ForceAttemptHTTP2: h2, DisableKeepAlives: true}
+		if !h2 {
+			tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+		}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	}
+	h2, h1 := clientFor(true), clientFor(false)
+	get := func(c *http.Client, p int) (int, string, int, error) {
+		req, _ := http.NewRequest("GET", "https://"+e.Proxy(p).DownstreamTLSAddr()+"/x", nil)
+		if c == h1 {
+			req.Host = "web.berth.test"
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, "", 0, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), resp.ProtoMajor, err
+	}
+	for p := range 2 {
+		for _, c := range []*http.Client{h2, h1} {
+			code, body, proto, err := get(c, p)
+			if err != nil || code != 200 || body != "svc /x" || (c == h2) != (proto == 2) {
+				t.Fatalf("proxy %d: %d %q HTTP/%d %v", p, code, body, proto, err)
+			}
+		}
+	}
+
+	// TCP through TLS: the berth-tcp ALPN protocol (endpoint by SNI) and
+	// the berth-tcp upgrade over TLS.
+	for p := range 2 {
+		conn, err := tls.Dial("tcp", e.Proxy(p).DownstreamTLSAddr(), &tls.Config{RootCAs: ca.pool, ServerName: "tcp.berth.test", NextProtos: []string{proxy.ALPNTCP}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkEcho(t, conn, fmt.Sprintf("alpn %d\n", p))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn2, err := agent.DialEndpoint(ctx, e.Proxy(p).DownstreamTLSAddr(), "tcp", &tls.Config{RootCAs: ca.pool})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkEcho(t, conn2, fmt.Sprintf("upgrade %d\n", p))
+	}
+
+	// Rotate under load: no request fails, and new handshakes get the new
+	// certificate.
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := []*http.Client{h2, h1}[w%2]
+			for n := 0; ; n++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				code, body, _, err := get(c, (w+n)%2)
+				if err != nil || code != 200 || body != "svc /x" {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("%d %q %v", code, body, err))
+					continue
+				}
+				ok.Add(1)
+			}
+		}()
+	}
+	serial := func(p int) int64 {
+		conn, err := tls.Dial("tcp", e.Proxy(p).DownstreamTLSAddr(), &tls.Config{RootCAs: ca.pool, ServerName: "web.berth.test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+	}
+	atLeast := func(n int64) func() error {
+		return func() error {
+			if got := ok.Load(); got < n {
+				return fmt.Errorf("%d requests so far, waiting for %d (%d failed)", got, n, failed.Load())
+			}
+			return nil
+		}
+	}
+	controlplanetest.Eventually(t, 20*time.Second, atLeast(50))
+	ca.writeLeaf(t, 200, certFile, keyFile)
+	controlplanetest.Eventually(t, 10*time.Second, func() error {
+		for p := range 2 {
+			if s := serial(p); s != 200 {
+				return fmt.Errorf("proxy %d still presents serial %d", p, s)
+			}
+		}
+		return nil
+	})
+	controlplanetest.Eventually(t, 20*time.Second, atLeast(ok.Load()+50))
+	close(done)
+	wg.Wait()
+	t.Logf("%d HTTPS requests across the rotation, %d failed", ok.Load(), failed.Load())
+	if failed.Load() != 0 || ok.Load() == 0 {
+		t.Fatalf("%d requests failed, first: %v", failed.Load(), firstErr.Load())
+	}
+}
+
+func checkEcho(t *testing.T, conn net.Conn, line string) {
+	t.Helper()
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, line); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(line))
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != line {
+		t.Fatalf("tcp echo: %q %v", buf, err)
+	}
 }

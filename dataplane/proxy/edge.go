@@ -41,10 +41,9 @@ type EdgeConfig struct {
 	// TLSAddr, TLSCert and TLSKey run a downstream HTTPS listener (TLS 1.2+,
 	// HTTP/2 by ALPN) beside the plain one; the files are re-read when they
 	// change. Empty TLSAddr: no TLS listener.
-	TLSAddr      string
-	TLSAdvertise string
-	TLSCert      string
-	TLSKey       string
+	TLSAddr string
+	TLSCert string
+	TLSKey  string
 	// CertReload is how often the TLS files are checked for change.
 	CertReload time.Duration
 }
@@ -99,7 +98,6 @@ func (c *EdgeConfig) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.UpstreamHeaderTimeout, "upstream-header-timeout", c.UpstreamHeaderTimeout, "bound on waiting for an upstream's response headers (0: none)")
 	fs.StringVar(&c.AuthKeys, "downstream-auth-keys", c.AuthKeys, "keyring directory; set, downstream requests need a bearer token covering their endpoint")
 	fs.StringVar(&c.TLSAddr, "downstream-tls-addr", c.TLSAddr, "where downstream clients connect over TLS (empty: off)")
-	fs.StringVar(&c.TLSAdvertise, "downstream-tls-advertise", c.TLSAdvertise, "TLS downstream address others are told")
 	fs.StringVar(&c.TLSCert, "downstream-tls-cert", c.TLSCert, "PEM certificate (chain) for the TLS listener, re-read on change")
 	fs.StringVar(&c.TLSKey, "downstream-tls-key", c.TLSKey, "PEM private key for the TLS listener, re-read on change")
 	fs.DurationVar(&c.CertReload, "downstream-tls-reload", c.CertReload, "how often the downstream TLS files are checked for change")

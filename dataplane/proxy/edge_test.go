@@ -40,3 +40,18 @@ func TestEdgeConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestSNIEndpoint(t *testing.T) {
+	for sni, want := range map[string]string{"web.example.com": "web", "WEB.example.com": "web", "api": "api", "": "", "-bad.example.com": ""} {
+		got, err := sniEndpoint(sni)
+		if want == "" {
+			if err == nil {
+				t.Errorf("%q: got %q, want an error", sni, got)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("%q: got %q %v, want %q", sni, got, err, want)
+		}
+	}
+}

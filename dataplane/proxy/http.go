@@ -86,7 +86,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serve routes one downstream request; acc (nil when the access log is
 // off) is w, seen as the log's record.
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, acc *accessWriter) {
-	endpoint, err := endpointOf(r)
+	endpoint, err := p.downstreamEndpoint(r)
 	if err != nil {
 		p.fail(w, err)
 		return

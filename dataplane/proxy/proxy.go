@@ -55,8 +55,11 @@ type Proxy struct {
 	downstream, admin                    *http.Server
 	copyBufs                             copyBuffers
 	bodies                               bodyBuffers
-	access                               *accessLog // nil: off
+	access                               *accessLog      // nil: off
 	downAuth                             *downstreamAuth // nil: off
+	downTLSLn                            net.Listener    // nil: no TLS listener
+	downstreamTLS                        *http.Server
+	downCert                             *pki.KeyPair
 	pools                                *streamPools
 	peerHTTP                             *peerHTTP
 	started                              time.Time
@@ -177,6 +180,11 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 	p.pools = newStreamPools(p)
 	p.peerHTTP = newPeerHTTP(p)
 	p.goRun(func() { p.peerHTTP.run(p.logger) })
+	if cfg.Edge.TLSAddr != "" {
+		if err := p.startDownstreamTLS(listen, func(f func()) { closers = append(closers, f) }); err != nil {
+			return nil, err
+		}
+	}
 	// No ReadTimeout or WriteTimeout: they would cut WebSockets and
 	// streamed bodies (timeouts.go).
 	p.downstream = &http.Server{Handler: p, ReadHeaderTimeout: cfg.Edge.ReadHeaderTimeout, IdleTimeout: cfg.Edge.IdleTimeout,
@@ -189,7 +197,7 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 		}
 	})
 	p.goRun(func() { p.runControlPlane(p.ctx) })
-	p.logger.Info("proxy started", "tunnel", p.tunnelAddr, "downstream", p.downstreamAddr, "peer", p.peerAddr)
+	p.logger.Info("proxy started", "tunnel", p.tunnelAddr, "downstream", p.downstreamAddr, "downstream_tls", p.DownstreamTLSAddr(), "peer", p.peerAddr)
 	return p, nil
 }
 
@@ -289,6 +297,10 @@ func (p *Proxy) Close() error {
 		defer cancel()
 		_ = p.downstream.Shutdown(ctx)
 		_ = p.downstream.Close()
+		if p.downstreamTLS != nil {
+			_ = p.downstreamTLS.Shutdown(ctx)
+			_ = p.downstreamTLS.Close()
+		}
 		if p.admin != nil {
 			_ = p.admin.Close()
 		}
@@ -304,6 +316,9 @@ func (p *Proxy) Close() error {
 		_ = p.cp.Close()
 		if p.tls != nil {
 			p.tls.Close()
+		}
+		if p.downCert != nil {
+			p.downCert.Close()
 		}
 	})
 	return nil
