@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -85,6 +87,8 @@ type Agent struct {
 	cfg    Config
 	logger *slog.Logger
 	serves map[string]bool
+	// httpProxy finds the HTTP proxy a tunnel goes through (nil: direct).
+	httpProxy func(*http.Request) (*url.URL, error)
 
 	queue   chan *pending
 	control chan controlReq
@@ -147,6 +151,7 @@ func New(cfg Config, logger *slog.Logger) (*Agent, error) {
 	for _, e := range cfg.Endpoints {
 		a.serves[e] = true
 	}
+	a.httpProxy, _ = cfg.proxyFunc() // Validate checked it
 	return a, nil
 }
 
@@ -280,7 +285,8 @@ func (l *loop) move(ctx context.Context, r *berthv1.Reconnect) {
 		return
 	}
 	log.Info("moving tunnel")
-	nt, err := a.dial(ctx, r.GetAddress(), r.GetMoveId())
+	// A WebSocket tunnel moves over WebSocket to the target's tunnel port.
+	nt, err := a.dial(ctx, tunnel.MoveTarget(l.cur.addr, r.GetAddress()), r.GetMoveId())
 	if err != nil {
 		// The control plane aborts the move when the target never reports
 		// the new connection; the old tunnel stays.
@@ -370,7 +376,8 @@ func (a *Agent) dial(ctx context.Context, addr, moveID string) (*tunnelConn, err
 		Token:     a.cfg.Token,
 		MoveId:    moveID,
 	}
-	sess, welcome, err := tunnel.DialTunnel(ctx, addr, tlsFor(a.cfg.TLS, addr), hello, a.cfg.Tunnel)
+	d := tunnel.Dialer{TLS: tlsFor(a.cfg.TLS, addr), Proxy: a.httpProxy}
+	sess, welcome, err := d.DialTunnel(ctx, addr, hello, a.cfg.Tunnel)
 	if err != nil {
 		a.setStatus(func(s *Status) { s.LastError = err.Error() })
 		return nil, err

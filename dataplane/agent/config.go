@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -45,7 +47,16 @@ type Config struct {
 	// DrainTimeout bounds how long an old tunnel's in-flight streams may run
 	// after a move or drain before the agent closes it.
 	DrainTimeout time.Duration
+	// HTTPProxy is an HTTP proxy (http:// or https:// URL, user info for
+	// Basic auth) that tunnels go through with CONNECT, over either
+	// transport. Empty: the environment's HTTPS_PROXY (and NO_PROXY);
+	// NoHTTPProxy: always direct.
+	HTTPProxy string
 }
+
+// NoHTTPProxy as Config.HTTPProxy dials proxies directly whatever the
+// environment says.
+const NoHTTPProxy = "none"
 
 // Default returns a Config with every tunable set; Proxies and Endpoints
 // must still be filled in.
@@ -63,7 +74,8 @@ func Default() Config {
 // (berth-agent takes name=local-address pairs). The token is not a flag, so
 // it never shows in ps.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
-	fs.StringSliceVar(&c.Proxies, "proxy", c.Proxies, "proxy tunnel address host:port; repeat or comma-separate to fail over")
+	fs.StringSliceVar(&c.Proxies, "proxy", c.Proxies, "proxy tunnel address host:port, or a ws:// or wss:// URL to tunnel over WebSocket; repeat or comma-separate to fail over")
+	fs.StringVar(&c.HTTPProxy, "http-proxy", c.HTTPProxy, "HTTP proxy URL to CONNECT through (default: $HTTPS_PROXY; \"none\": direct)")
 	fs.StringVar(&c.AgentID, "agent-id", c.AgentID, "agent id (default: hostname-pid)")
 	fs.StringVar(&c.Slot, "slot", c.Slot, "listener identity kept across reconnects and moves (default: the agent id)")
 	fs.DurationVar(&c.BackoffBase, "backoff-base", c.BackoffBase, "first reconnect wait (full jitter, doubling)")
@@ -80,9 +92,18 @@ func (c Config) Validate() error {
 		return errors.New("proxy: at least one proxy address is required")
 	}
 	for _, p := range c.Proxies {
+		if tunnel.IsWebSocketURL(p) {
+			if _, err := tunnel.ParseWebSocketURL(p); err != nil {
+				return fmt.Errorf("proxy: %w", err)
+			}
+			continue
+		}
 		if err := fsm.ValidateHostPort("proxy", p); err != nil {
 			return err
 		}
+	}
+	if _, err := c.proxyFunc(); err != nil {
+		return err
 	}
 	if c.AgentID != "" {
 		if err := fsm.ValidateID("agent id", c.AgentID); err != nil {
@@ -236,4 +257,22 @@ func tlsFor(cfg *tls.Config, addr string) *tls.Config {
 	c := cfg.Clone()
 	c.ServerName = host
 	return c
+}
+
+// proxyFunc is how tunnels find their HTTP proxy.
+func (c Config) proxyFunc() (func(*http.Request) (*url.URL, error), error) {
+	switch c.HTTPProxy {
+	case "":
+		return http.ProxyFromEnvironment, nil
+	case NoHTTPProxy:
+		return nil, nil
+	}
+	u, err := url.Parse(c.HTTPProxy)
+	if err != nil {
+		return nil, fmt.Errorf("http-proxy: %w", err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+		return nil, fmt.Errorf("http-proxy: %q: want http://host:port or https://host:port", c.HTTPProxy)
+	}
+	return http.ProxyURL(u), nil
 }

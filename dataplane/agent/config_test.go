@@ -48,6 +48,12 @@ func TestConfigValidate(t *testing.T) {
 		{"backoff max", func(c *Config) { c.BackoffMax = time.Millisecond }, "backoff max"},
 		{"drain", func(c *Config) { c.DrainTimeout = 0 }, "drain"},
 		{"tunnel", func(c *Config) { c.Tunnel.AcceptBacklog = 0 }, "tunnel"},
+		{"websocket proxy", func(c *Config) { c.Proxies = []string{"wss://edge.example.com/berth/tunnel", "ws://10.0.0.1:8443"} }, ""},
+		{"websocket without host", func(c *Config) { c.Proxies = []string{"wss:///berth/tunnel"} }, "no host"},
+		{"websocket with user", func(c *Config) { c.Proxies = []string{"wss://u:p@edge.example.com/"} }, "user info"},
+		{"http proxy", func(c *Config) { c.HTTPProxy = "http://user:pass@proxy.internal:3128" }, ""},
+		{"no http proxy", func(c *Config) { c.HTTPProxy = NoHTTPProxy }, ""},
+		{"bad http proxy", func(c *Config) { c.HTTPProxy = "socks5://proxy:1080" }, "http-proxy"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testConfig("127.0.0.1:7443")

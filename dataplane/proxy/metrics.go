@@ -21,6 +21,7 @@ type metrics struct {
 	tcpStreams        prometheus.Counter
 	tunnels           prometheus.Gauge
 	tunnelRefusals    *prometheus.CounterVec
+	tunnelTransports  *prometheus.CounterVec
 	cpConnected       prometheus.Gauge
 }
 
@@ -37,10 +38,11 @@ func newMetrics(reg *prometheus.Registry, p *Proxy) *metrics {
 		tcpStreams:        prometheus.NewCounter(prometheus.CounterOpts(opts("tcp_streams_total", "Downstream TCP streams (berth-tcp upgrades)."))),
 		tunnels:           prometheus.NewGauge(prometheus.GaugeOpts(opts("tunnels", "Agent tunnels held now."))),
 		tunnelRefusals:    prometheus.NewCounterVec(prometheus.CounterOpts(opts("tunnel_refusals_total", "Tunnels refused, by reason.")), []string{"reason"}),
+		tunnelTransports:  prometheus.NewCounterVec(prometheus.CounterOpts(opts("tunnel_connections_total", "Connections to the tunnel port, by transport (tcp, websocket).")), []string{"transport"}),
 		cpConnected:       prometheus.NewGauge(prometheus.GaugeOpts(opts("control_plane_connected", "1 while the control-plane session is up."))),
 	}
 	reg.MustRegister(m.requests, m.routeErrors, m.streams, m.streamFailures, m.peerStreamsServed, m.tcpStreams,
-		m.tunnels, m.tunnelRefusals, m.cpConnected,
+		m.tunnels, m.tunnelRefusals, m.tunnelTransports, m.cpConnected,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

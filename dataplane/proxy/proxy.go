@@ -60,6 +60,7 @@ type Proxy struct {
 	downTLSLn                            net.Listener    // nil: no TLS listener
 	downstreamTLS                        *http.Server
 	downCert                             *pki.KeyPair
+	wsTunnels                            *wsTunnels
 	pools                                *streamPools
 	peerHTTP                             *peerHTTP
 	started                              time.Time
@@ -190,6 +191,8 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 	p.downstream = &http.Server{Handler: p, ReadHeaderTimeout: cfg.Edge.ReadHeaderTimeout, IdleTimeout: cfg.Edge.IdleTimeout,
 		ErrorLog: slog.NewLogLogger(p.logger.Handler(), slog.LevelDebug)}
 	p.goRun(func() { serveHTTP(p.downstream, p.downLn, p.logger) })
+	p.wsTunnels = newWSTunnels(p)
+	p.goRun(func() { serveHTTP(p.wsTunnels.srv, p.wsTunnels.ln, p.logger) })
 	p.goRun(p.acceptTunnels)
 	p.goRun(func() {
 		if err := p.peers.Serve(p.peerLn, p.servePeerStream); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -311,6 +314,7 @@ func (p *Proxy) Close() error {
 		}
 		_ = p.peers.Close()
 		p.peerHTTP.close()
+		_ = p.wsTunnels.srv.Close()
 		p.pools.closeAll()
 		p.wg.Wait()
 		_ = p.cp.Close()

@@ -22,7 +22,7 @@ func (p *Proxy) acceptTunnels() {
 			}
 			return
 		}
-		p.goRun(func() { p.serveTunnel(conn) })
+		p.goRun(func() { p.acceptTunnel(conn) })
 	}
 }
 
@@ -60,15 +60,11 @@ func refuse(conn net.Conn, code berthv1.TunnelErrorCode, format string, args ...
 	tunnel.Refuse(conn, &berthv1.TunnelWelcome{Error: tunnel.Refusal(code, format, args...)})
 }
 
-// serveTunnel runs one agent tunnel from hello to close: validate, commit
-// (or, with the control plane unreachable, serve uncommitted), welcome,
-// then serve until the session ends and report the close.
-func (p *Proxy) serveTunnel(conn net.Conn) {
-	if !p.sources.allow(conn.RemoteAddr()) {
-		p.metrics.tunnelRefusals.WithLabelValues("rate").Inc()
-		_ = conn.Close() // before any handshake work: that is what the limit protects
-		return
-	}
+// handshakeTunnel runs one agent tunnel (over TCP or a WebSocket, past
+// the source rate limit) from hello to close: validate, commit (or, with
+// the control plane unreachable, serve uncommitted), welcome, then serve
+// until the session ends and report the close.
+func (p *Proxy) handshakeTunnel(conn net.Conn) {
 	hello, err := tunnel.ReadTunnelHello(conn, p.cfg.Tunnel)
 	if err != nil {
 		p.metrics.tunnelRefusals.WithLabelValues("handshake").Inc()

@@ -16,9 +16,16 @@ import (
 // when tlsCfg is set), say hello, and start the session once welcomed. A
 // refusal comes back as a *Error together with the welcome that carried it.
 func DialTunnel(ctx context.Context, addr string, tlsCfg *tls.Config, hello *berthv1.TunnelHello, cfg Config) (*Session, *berthv1.TunnelWelcome, error) {
+	return Dialer{TLS: tlsCfg}.DialTunnel(ctx, addr, hello, cfg)
+}
+
+// DialTunnel is the agent's side of a tunnel over the transport d names
+// for addr: host:port (TCP, TLS when d.TLS is set) or a ws:// or wss://
+// URL, either through d's HTTP proxy when it has one for addr.
+func (d Dialer) DialTunnel(ctx context.Context, addr string, hello *berthv1.TunnelHello, cfg Config) (*Session, *berthv1.TunnelWelcome, error) {
 	hello.ProtocolVersion = ProtocolVersion
 	welcome := &berthv1.TunnelWelcome{}
-	s, err := dial(ctx, addr, tlsCfg, tunnelMagic, hello, welcome, func() error { return fromWire(welcome.Error) }, cfg)
+	s, err := handshake(ctx, addr, d.dial, tunnelMagic, hello, welcome, func() error { return fromWire(welcome.Error) }, cfg)
 	return s, welcome, err
 }
 
@@ -26,25 +33,18 @@ func DialTunnel(ctx context.Context, addr string, tlsCfg *tls.Config, hello *ber
 func DialPeer(ctx context.Context, addr string, tlsCfg *tls.Config, hello *berthv1.PeerHello, cfg Config) (*Session, *berthv1.PeerWelcome, error) {
 	hello.ProtocolVersion = ProtocolVersion
 	welcome := &berthv1.PeerWelcome{}
-	s, err := dial(ctx, addr, tlsCfg, peerMagic, hello, welcome, func() error { return fromWire(welcome.Error) }, cfg)
+	s, err := handshake(ctx, addr, Dialer{TLS: tlsCfg}.dial, peerMagic, hello, welcome, func() error { return fromWire(welcome.Error) }, cfg)
 	return s, welcome, err
 }
 
-func dial(ctx context.Context, addr string, tlsCfg *tls.Config, magic string, hello, welcome proto.Message, refused func() error, cfg Config) (*Session, error) {
+// handshake connects (within the handshake timeout), says hello and starts
+// the session once welcomed.
+func handshake(ctx context.Context, addr string, connect func(context.Context, string) (net.Conn, error), magic string, hello, welcome proto.Message, refused func() error, cfg Config) (*Session, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := connect(ctx, addr)
 	if err != nil {
-		return nil, fmt.Errorf("tunnel: dial %s: %w", addr, err)
-	}
-	if tlsCfg != nil {
-		tc := tls.Client(conn, tlsCfg)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			_ = conn.Close()
-			return nil, fmt.Errorf("tunnel: tls handshake with %s: %w", addr, err)
-		}
-		conn = tc
+		return nil, err
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
