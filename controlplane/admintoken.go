@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/berthhq/berth/controlplane/client"
 	"github.com/berthhq/berth/controlplane/pki"
 	"github.com/berthhq/berth/controlplane/token"
 	"github.com/berthhq/berth/fsm"
@@ -52,12 +53,14 @@ func loadBootstrapToken(path string) (string, error) {
 // authorizeAdmin checks the caller's admin token for an AdminService call
 // when admin auth is on (default deny): read for reads, operate for
 // changes. A control-plane node forwarding a call it already authorized
-// (server certificate) passes.
+// (server certificate) passes, unless it relays someone else's token
+// (client.OnBehalfKey).
 func (n *Node) authorizeAdmin(ctx context.Context, fullMethod string) error {
 	if !n.cfg.AdminAuth || !strings.HasPrefix(fullMethod, adminServicePrefix) {
 		return nil
 	}
-	if p, ok := peer.FromContext(ctx); ok {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if p, ok := peer.FromContext(ctx); ok && len(md.Get(client.OnBehalfKey)) == 0 {
 		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
 			if id, err := pki.PeerIdentity(info.State); err == nil && id.Role == pki.RoleServer {
 				return nil
@@ -68,7 +71,6 @@ func (n *Node) authorizeAdmin(ctx context.Context, fullMethod string) error {
 	if operateMethods[strings.TrimPrefix(fullMethod, adminServicePrefix)] {
 		need = token.RoleOperate
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
 	auth := md.Get("authorization")
 	if len(auth) != 1 || !strings.HasPrefix(auth[0], "Bearer ") {
 		return status.Error(codes.Unauthenticated, "admin auth is on: send an admin token as 'authorization: Bearer <token>'")

@@ -3,6 +3,8 @@ package controlplane
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/berthhq/berth/controlplane/console"
 	"github.com/berthhq/berth/fsm"
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
 )
@@ -144,15 +147,25 @@ func (c *registryCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// serveHTTP serves /metrics, /healthz (the process is up) and /readyz (the
-// node knows a leader and can serve default reads), plus debug's handlers.
-func (n *Node) serveHTTP(reg *prometheus.Registry, debug func(*http.ServeMux)) error {
+// serveHTTP serves /metrics, /healthz (the process is up), /readyz (the
+// node knows a leader and can serve default reads) and the web console
+// (/ui, reading through the node's own AdminService), plus debug's handlers.
+func (n *Node) serveHTTP(reg *prometheus.Registry, debug func(*http.ServeMux), logger *slog.Logger) error {
+	self, err := n.peers.admin(n.cfg.grpcAdvertise())
+	if err != nil {
+		return fmt.Errorf("console: %w", err)
+	}
+	ui, err := console.New(console.Default(), self, logger)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", n.cfg.HTTPAddr)
 	if err != nil {
 		return err
 	}
 	n.httpLn = ln
 	mux := http.NewServeMux()
+	ui.Register(mux)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -165,7 +178,9 @@ func (n *Node) serveHTTP(reg *prometheus.Registry, debug func(*http.ServeMux)) e
 	if debug != nil {
 		debug(mux)
 	}
-	n.httpServer = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Requests end with the node, so the console's watches do not hold up
+	// the gRPC server's graceful stop.
+	n.httpServer = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, BaseContext: func(net.Listener) context.Context { return n.ctx }}
 	n.goRun("http", func() {
 		if err := n.httpServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.logger.Error("http server stopped", "err", err)

@@ -224,7 +224,7 @@ func New(cfg Config, logger *slog.Logger, deps Deps) (n *Node, err error) {
 	})
 
 	if cfg.HTTPAddr != "" {
-		if err := n.serveHTTP(deps.Registry, deps.DebugHandlers); err != nil {
+		if err := n.serveHTTP(deps.Registry, deps.DebugHandlers, logger); err != nil {
 			return nil, err
 		}
 	}

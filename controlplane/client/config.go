@@ -20,6 +20,14 @@ const (
 	EnvToken = "BERTH_TOKEN"
 )
 
+// OnBehalfKey is gRPC metadata a control-plane node sends when it calls
+// an AdminService on behalf of someone whose token it has not checked
+// itself (the web console relaying a browser's token). The receiving node
+// then checks the bearer token even though the caller holds a server
+// certificate, which otherwise passes as a node forwarding a call it
+// already authorized. The value names the relaying part.
+const OnBehalfKey = "berth-on-behalf-of"
+
 // DefaultAddr is where a local development control plane listens.
 const DefaultAddr = "127.0.0.1:7000"
 
