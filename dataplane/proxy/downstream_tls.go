@@ -32,8 +32,9 @@ import (
 // raw TCP stream to the SNI's endpoint.
 const ALPNTCP = "berth-tcp"
 
-// startDownstreamTLS listens and serves HTTPS; the closers undo it.
-func (p *Proxy) startDownstreamTLS(listen func(name, addr string) (net.Listener, error), add func(func())) error {
+// setupDownstreamTLS loads the certificate and listens (add registers
+// what undoes it if New fails later); serveDownstreamTLS serves.
+func (p *Proxy) setupDownstreamTLS(listen func(name, addr string) (net.Listener, error), add func(func())) error {
 	cfg := p.cfg.Edge
 	kp, err := pki.NewKeyPair(cfg.TLSCert, cfg.TLSKey, cfg.CertReload, p.logger.With("subsystem", "downstream-tls"))
 	if err != nil {
@@ -65,12 +66,13 @@ func (p *Proxy) startDownstreamTLS(listen func(name, addr string) (net.Listener,
 	p.downstreamTLS.Protocols = new(http.Protocols)
 	p.downstreamTLS.Protocols.SetHTTP1(true)
 	p.downstreamTLS.Protocols.SetHTTP2(true)
-	p.goRun(func() {
-		if err := p.downstreamTLS.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			p.logger.Error("downstream tls server stopped", "err", err)
-		}
-	})
 	return nil
+}
+
+func (p *Proxy) serveDownstreamTLS() {
+	if err := p.downstreamTLS.ServeTLS(p.downTLSLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		p.logger.Error("downstream tls server stopped", "err", err)
+	}
 }
 
 // DownstreamTLSAddr is where clients reach this proxy over TLS ("" when

@@ -55,3 +55,37 @@ func TestSNIEndpoint(t *testing.T) {
 		}
 	}
 }
+
+// A bad edge setting fails New with a clear error, never a crash.
+func TestNewRefusesBadEdgeFiles(t *testing.T) {
+	base := func() Config {
+		c := Default()
+		c.ID = "p"
+		c.ControlPlane.TLS.Insecure = true
+		c.TunnelAddr, c.DownstreamAddr, c.PeerAddr, c.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+		return c
+	}
+	dir := t.TempDir()
+	for name, tc := range map[string]struct {
+		edit func(*Config)
+		want string
+	}{
+		"missing certificate": {func(c *Config) {
+			c.Edge.TLSAddr, c.Edge.TLSCert, c.Edge.TLSKey = "127.0.0.1:0", dir+"/nope.crt", dir+"/nope.key"
+		}, "downstream tls"},
+		"empty auth keyring": {func(c *Config) { c.Edge.AuthKeys = dir }, "downstream auth keys"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := base()
+			tc.edit(&c)
+			p, err := New(c, nil)
+			if err == nil {
+				_ = p.Close()
+				t.Fatal("New accepted it")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one about %s", err, tc.want)
+			}
+		})
+	}
+}

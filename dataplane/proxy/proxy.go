@@ -131,6 +131,11 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 		// certificates: the peer pool runs that handshake).
 		p.tunnelLn = tls.NewListener(p.tunnelLn, p.tls.ServerConfigAnyClient())
 	}
+	if cfg.Edge.TLSAddr != "" {
+		if err := p.setupDownstreamTLS(listen, func(f func()) { closers = append(closers, f) }); err != nil {
+			return nil, err
+		}
+	}
 	p.tunnelAddr = advertise(cfg.TunnelAdvertise, p.tunnelLn.Addr())
 	p.downstreamAddr = advertise(cfg.DownstreamAdvertise, p.downLn.Addr())
 	p.peerAddr = advertise(cfg.PeerAdvertise, p.peerLn.Addr())
@@ -141,7 +146,8 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 			return nil, fmt.Errorf("agent keys: %w", err)
 		}
 		p.keys.Store(ring)
-		p.goRun(func() { p.reloadKeyring("agent", cfg.AgentKeys, &p.keys) })
+		px := p // not p itself: a New that fails later sets it to nil
+		p.goRun(func() { px.reloadKeyring("agent", cfg.AgentKeys, &px.keys) })
 	} else {
 		p.logger.Warn("INSECURE: agents are not authenticated (no --agent-keys); any agent may serve any endpoint")
 	}
@@ -152,7 +158,8 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 		}
 		p.downAuth = &downstreamAuth{}
 		p.downAuth.keys.Store(ring)
-		p.goRun(func() { p.reloadKeyring("downstream", cfg.Edge.AuthKeys, &p.downAuth.keys) })
+		px := p
+		p.goRun(func() { px.reloadKeyring("downstream", cfg.Edge.AuthKeys, &px.downAuth.keys) })
 	}
 	if p.cp, err = client.New(cfg.ControlPlane, logger); err != nil {
 		return nil, fmt.Errorf("control-plane client: %w", err)
@@ -181,10 +188,8 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 	p.pools = newStreamPools(p)
 	p.peerHTTP = newPeerHTTP(p)
 	p.goRun(func() { p.peerHTTP.run(p.logger) })
-	if cfg.Edge.TLSAddr != "" {
-		if err := p.startDownstreamTLS(listen, func(f func()) { closers = append(closers, f) }); err != nil {
-			return nil, err
-		}
+	if p.downstreamTLS != nil {
+		p.goRun(p.serveDownstreamTLS)
 	}
 	// No ReadTimeout or WriteTimeout: they would cut WebSockets and
 	// streamed bodies (timeouts.go).
