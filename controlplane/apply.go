@@ -4,12 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/hashicorp/raft"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/berthhq/berth/controlplane/client"
 	"github.com/berthhq/berth/fsm"
@@ -98,26 +95,7 @@ func (n *Node) tryApply(ctx context.Context, cmd *berthv1.Command, data []byte) 
 	if n.raft.State() == raft.Leader {
 		return n.applyLocal(ctx, cmd, data)
 	}
-	leaderID, addr := n.leader()
-	if addr == "" {
-		return nil, &client.NotLeaderError{LeaderID: leaderID}
-	}
-	c, err := n.peers.cluster(addr)
-	if err != nil {
-		return nil, err
-	}
-	n.metrics.forwarded.Inc()
-	resp, err := c.Apply(ctx, &berthv1.ApplyRequest{Command: cmd})
-	if err != nil {
-		if nl, ok := client.AsNotLeader(err); ok {
-			return nil, nl
-		}
-		if status.Code(err) == codes.Unavailable {
-			return nil, fmt.Errorf("%w: forward to %s: %w", errForwardUnavailable, leaderID, err)
-		}
-		return nil, fmt.Errorf("forward to leader %s: %w", leaderID, err)
-	}
-	return resp.Result, nil
+	return n.forwarder.forward(ctx, cmd, len(data))
 }
 
 // applyLocal proposes cmd on this node, which must be the leader, through

@@ -50,6 +50,45 @@ func (s *clusterServer) Apply(ctx context.Context, req *berthv1.ApplyRequest) (*
 	return &berthv1.ApplyResponse{Result: res}, nil
 }
 
+func (s *clusterServer) ApplyBatch(ctx context.Context, req *berthv1.ApplyBatchRequest) (*berthv1.ApplyBatchResponse, error) {
+	if len(req.Commands) == 0 || len(req.Commands) > fsm.MaxBatchCommands {
+		return nil, toStatus(fmt.Errorf("%w: a batch holds 1 to %d commands, not %d", ErrInvalidArgument, fsm.MaxBatchCommands, len(req.Commands)))
+	}
+	if !s.n.IsLeader() {
+		return nil, toStatus(s.n.notLeader())
+	}
+	results := make([]*berthv1.CommandResult, len(req.Commands))
+	var cmds []*berthv1.Command
+	var datas [][]byte
+	var slots []int // index in results of each proposed command
+	for i, cmd := range req.Commands {
+		// Refusals travel in the result, so the follower sees the same code.
+		err := fsm.ValidateCommand(cmd)
+		var data []byte
+		if err == nil {
+			data, err = fsm.Encode(cmd)
+		}
+		if err != nil {
+			results[i] = &berthv1.CommandResult{Code: fsm.ResultCode(err), Message: err.Error()}
+			continue
+		}
+		cmds, datas, slots = append(cmds, cmd), append(datas, data), append(slots, i)
+	}
+	if len(cmds) > 0 {
+		res, err := s.n.proposer.proposeAll(ctx, cmds, datas)
+		if err != nil {
+			if errors.Is(err, raft.ErrNotLeader) {
+				return nil, toStatus(s.n.notLeader())
+			}
+			return nil, toStatus(err)
+		}
+		for j, i := range slots {
+			results[i] = res[j]
+		}
+	}
+	return &berthv1.ApplyBatchResponse{Results: results}, nil
+}
+
 func (s *clusterServer) ReadIndex(ctx context.Context, req *berthv1.ReadIndexRequest) (*berthv1.ReadIndexResponse, error) {
 	if !s.n.IsLeader() {
 		return nil, toStatus(s.n.notLeader())

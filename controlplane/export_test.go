@@ -3,6 +3,8 @@ package controlplane
 import (
 	"context"
 
+	dto "github.com/prometheus/client_model/go"
+
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
 )
 
@@ -14,4 +16,12 @@ func (n *Node) CommitMoves(ctx context.Context, moves []*berthv1.Move) ([]*berth
 		return nil, n.notLeader()
 	}
 	return r.commit(ctx, moves, n.clock.Now())
+}
+
+// ForwardBatches reports how many ApplyBatch calls this node sent as a
+// follower and how many writes they carried.
+func (n *Node) ForwardBatches() (calls uint64, writes float64) {
+	var m dto.Metric
+	_ = n.metrics.forwardBatchSize.Write(&m)
+	return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
 }

@@ -27,6 +27,7 @@ type metrics struct {
 	applyErrors       prometheus.Counter
 	batchSize         prometheus.Histogram
 	forwarded         prometheus.Counter
+	forwardBatchSize  prometheus.Histogram
 	leadershipChanges prometheus.Counter
 	watchResets       prometheus.Counter
 	sessions          prometheus.Gauge
@@ -52,6 +53,11 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 			Help:    "Commands coalesced into one log entry (batches of two or more).",
 			Buckets: prometheus.ExponentialBuckets(2, 2, 10),
 		}),
+		forwardBatchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "berth", Subsystem: "cp", Name: "forward_batch_size",
+			Help:    "Writes a follower sent to the leader in one ApplyBatch call.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
+		}),
 		applyErrors:       prometheus.NewCounter(prometheus.CounterOpts{Namespace: "berth", Subsystem: "cp", Name: "apply_errors_total", Help: "Proposals that failed to commit (refusals excluded)."}),
 		forwarded:         prometheus.NewCounter(prometheus.CounterOpts{Namespace: "berth", Subsystem: "cp", Name: "forwarded_writes_total", Help: "Writes forwarded to the leader."}),
 		leadershipChanges: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "berth", Subsystem: "cp", Name: "leadership_changes_total", Help: "Times this node gained or lost leadership."}),
@@ -67,7 +73,7 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 			Help: "max |connections - target| / target over schedulable proxies, at the last planning round."}),
 		rpcs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "berth", Subsystem: "cp", Name: "grpc_requests_total", Help: "Unary gRPC requests by method and code."}, []string{"method", "code"}),
 	}
-	reg.MustRegister(m.applyDuration, m.batchSize, m.applyErrors, m.denied, m.moves, m.moveDuration, m.imbalance, m.forwarded, m.leadershipChanges, m.watchResets, m.sessions, m.rpcs,
+	reg.MustRegister(m.applyDuration, m.batchSize, m.applyErrors, m.denied, m.moves, m.moveDuration, m.imbalance, m.forwarded, m.forwardBatchSize, m.leadershipChanges, m.watchResets, m.sessions, m.rpcs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		f("is_leader", "1 when this node is the Raft leader.", func() float64 {
 			if n.raft.State() == raft.Leader {

@@ -65,16 +65,17 @@ type Node struct {
 	clock   Clock
 	network Network
 
-	fsm      *fsm.FSM
-	applied  *indexWaiter
-	broker   *Broker
-	raft     *raft.Raft
-	stores   *raftStores
-	peers    *peerPool
-	beats    *heartbeats
-	relay    *loadRelay
-	proposer *proposer
-	metrics  *metrics
+	fsm       *fsm.FSM
+	applied   *indexWaiter
+	broker    *Broker
+	raft      *raft.Raft
+	stores    *raftStores
+	peers     *peerPool
+	beats     *heartbeats
+	relay     *loadRelay
+	proposer  *proposer
+	forwarder *forwarder
+	metrics   *metrics
 
 	tls *pki.Reloader // nil in insecure mode
 	// bootstrapToken is always accepted as an operate admin token ("" none).
@@ -190,6 +191,7 @@ func New(cfg Config, logger *slog.Logger, deps Deps) (n *Node, err error) {
 	n.metrics = newMetrics(deps.Registry, n)
 	n.relay = newLoadRelay(n)
 	n.proposer = newProposer(n)
+	n.forwarder = newForwarder(n)
 
 	if cfg.Bootstrap && !n.stores.hadState {
 		boot := raft.Configuration{Servers: []raft.Server{n.selfRaftServer()}}
@@ -232,6 +234,7 @@ func New(cfg Config, logger *slog.Logger, deps Deps) (n *Node, err error) {
 	n.goRun("leadership", n.watchLeadership)
 	n.goRun("load-relay", n.relay.run)
 	n.goRun("proposer", n.proposer.run)
+	n.goRun("forwarder", n.forwarder.run)
 	if cfg.Discovery.Mode != "" {
 		d, err := discovery.New(cfg.Discovery, n.cfg.grpcAdvertise(), logger)
 		if err != nil {

@@ -62,6 +62,43 @@ func (p *proposer) propose(ctx context.Context, cmd *berthv1.Command, data []byt
 	}
 }
 
+// proposeAll queues cmds in order (datas are their encodings), so they
+// share log entries, and waits for all their results. The first failure
+// other than a refusal is returned for the whole set: the caller sends the
+// commands again under their request ids.
+func (p *proposer) proposeAll(ctx context.Context, cmds []*berthv1.Command, datas [][]byte) ([]*berthv1.CommandResult, error) {
+	prs := make([]*proposal, len(cmds))
+	for i, cmd := range cmds {
+		prs[i] = &proposal{cmd: cmd, data: datas[i], done: make(chan proposalResult, 1)}
+		select {
+		case p.queue <- prs[i]:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("queueing proposal: %w", ctx.Err())
+		case <-p.n.ctx.Done():
+			return nil, ErrShutdown
+		}
+	}
+	results := make([]*berthv1.CommandResult, len(cmds))
+	var firstErr error
+	for i, pr := range prs {
+		select {
+		case r := <-pr.done:
+			results[i] = r.res
+			if r.err != nil && firstErr == nil {
+				firstErr = r.err
+			}
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())
+		case <-p.n.ctx.Done():
+			return nil, ErrShutdown
+		}
+	}
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	return results, nil
+}
+
 // run takes whatever is queued, up to a size budget, and hands it to Raft
 // as one entry. raft.Apply only enqueues, so the next batch forms while
 // this one commits.

@@ -109,6 +109,94 @@ func (x *ApplyResponse) GetResult() *CommandResult {
 	return nil
 }
 
+type ApplyBatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Commands      []*Command             `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyBatchRequest) Reset() {
+	*x = ApplyBatchRequest{}
+	mi := &file_berth_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyBatchRequest) ProtoMessage() {}
+
+func (x *ApplyBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyBatchRequest.ProtoReflect.Descriptor instead.
+func (*ApplyBatchRequest) Descriptor() ([]byte, []int) {
+	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ApplyBatchRequest) GetCommands() []*Command {
+	if x != nil {
+		return x.Commands
+	}
+	return nil
+}
+
+type ApplyBatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*CommandResult       `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyBatchResponse) Reset() {
+	*x = ApplyBatchResponse{}
+	mi := &file_berth_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyBatchResponse) ProtoMessage() {}
+
+func (x *ApplyBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyBatchResponse.ProtoReflect.Descriptor instead.
+func (*ApplyBatchResponse) Descriptor() ([]byte, []int) {
+	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ApplyBatchResponse) GetResults() []*CommandResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Verify        bool                   `protobuf:"varint,1,opt,name=verify,proto3" json:"verify,omitempty"`
@@ -118,7 +206,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_berth_v1_cluster_proto_msgTypes[2]
+	mi := &file_berth_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -130,7 +218,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_cluster_proto_msgTypes[2]
+	mi := &file_berth_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -143,7 +231,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ReadIndexRequest) GetVerify() bool {
@@ -162,7 +250,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_berth_v1_cluster_proto_msgTypes[3]
+	mi := &file_berth_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -174,7 +262,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_cluster_proto_msgTypes[3]
+	mi := &file_berth_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -187,7 +275,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -205,7 +293,7 @@ type NodeInfoRequest struct {
 
 func (x *NodeInfoRequest) Reset() {
 	*x = NodeInfoRequest{}
-	mi := &file_berth_v1_cluster_proto_msgTypes[4]
+	mi := &file_berth_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -217,7 +305,7 @@ func (x *NodeInfoRequest) String() string {
 func (*NodeInfoRequest) ProtoMessage() {}
 
 func (x *NodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_cluster_proto_msgTypes[4]
+	mi := &file_berth_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -230,7 +318,7 @@ func (x *NodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*NodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 type NodeInfoResponse struct {
@@ -256,7 +344,7 @@ type NodeInfoResponse struct {
 
 func (x *NodeInfoResponse) Reset() {
 	*x = NodeInfoResponse{}
-	mi := &file_berth_v1_cluster_proto_msgTypes[5]
+	mi := &file_berth_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -268,7 +356,7 @@ func (x *NodeInfoResponse) String() string {
 func (*NodeInfoResponse) ProtoMessage() {}
 
 func (x *NodeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_cluster_proto_msgTypes[5]
+	mi := &file_berth_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -281,7 +369,7 @@ func (x *NodeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfoResponse.ProtoReflect.Descriptor instead.
 func (*NodeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *NodeInfoResponse) GetId() string {
@@ -385,7 +473,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_berth_v1_cluster_proto_msgTypes[6]
+	mi := &file_berth_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +485,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_cluster_proto_msgTypes[6]
+	mi := &file_berth_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +498,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JoinRequest) GetServer() *Server {
@@ -435,7 +523,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_berth_v1_cluster_proto_msgTypes[7]
+	mi := &file_berth_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -447,7 +535,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_cluster_proto_msgTypes[7]
+	mi := &file_berth_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -460,7 +548,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 type ReportLoadRequest struct {
@@ -472,7 +560,7 @@ type ReportLoadRequest struct {
 
 func (x *ReportLoadRequest) Reset() {
 	*x = ReportLoadRequest{}
-	mi := &file_berth_v1_cluster_proto_msgTypes[8]
+	mi := &file_berth_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +572,7 @@ func (x *ReportLoadRequest) String() string {
 func (*ReportLoadRequest) ProtoMessage() {}
 
 func (x *ReportLoadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_cluster_proto_msgTypes[8]
+	mi := &file_berth_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +585,7 @@ func (x *ReportLoadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportLoadRequest.ProtoReflect.Descriptor instead.
 func (*ReportLoadRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReportLoadRequest) GetSamples() []*LoadSample {
@@ -515,7 +603,7 @@ type ReportLoadResponse struct {
 
 func (x *ReportLoadResponse) Reset() {
 	*x = ReportLoadResponse{}
-	mi := &file_berth_v1_cluster_proto_msgTypes[9]
+	mi := &file_berth_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +615,7 @@ func (x *ReportLoadResponse) String() string {
 func (*ReportLoadResponse) ProtoMessage() {}
 
 func (x *ReportLoadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_cluster_proto_msgTypes[9]
+	mi := &file_berth_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +628,7 @@ func (x *ReportLoadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportLoadResponse.ProtoReflect.Descriptor instead.
 func (*ReportLoadResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 type GetLoadRequest struct {
@@ -551,7 +639,7 @@ type GetLoadRequest struct {
 
 func (x *GetLoadRequest) Reset() {
 	*x = GetLoadRequest{}
-	mi := &file_berth_v1_cluster_proto_msgTypes[10]
+	mi := &file_berth_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +651,7 @@ func (x *GetLoadRequest) String() string {
 func (*GetLoadRequest) ProtoMessage() {}
 
 func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_cluster_proto_msgTypes[10]
+	mi := &file_berth_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +664,7 @@ func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadRequest.ProtoReflect.Descriptor instead.
 func (*GetLoadRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 type GetLoadResponse struct {
@@ -588,7 +676,7 @@ type GetLoadResponse struct {
 
 func (x *GetLoadResponse) Reset() {
 	*x = GetLoadResponse{}
-	mi := &file_berth_v1_cluster_proto_msgTypes[11]
+	mi := &file_berth_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +688,7 @@ func (x *GetLoadResponse) String() string {
 func (*GetLoadResponse) ProtoMessage() {}
 
 func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_cluster_proto_msgTypes[11]
+	mi := &file_berth_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +701,7 @@ func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadResponse.ProtoReflect.Descriptor instead.
 func (*GetLoadResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_berth_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetLoadResponse) GetSamples() []*LoadSample {
@@ -631,7 +719,11 @@ const file_berth_v1_cluster_proto_rawDesc = "" +
 	"\fApplyRequest\x12+\n" +
 	"\acommand\x18\x01 \x01(\v2\x11.berth.v1.CommandR\acommand\"@\n" +
 	"\rApplyResponse\x12/\n" +
-	"\x06result\x18\x01 \x01(\v2\x17.berth.v1.CommandResultR\x06result\"*\n" +
+	"\x06result\x18\x01 \x01(\v2\x17.berth.v1.CommandResultR\x06result\"B\n" +
+	"\x11ApplyBatchRequest\x12-\n" +
+	"\bcommands\x18\x01 \x03(\v2\x11.berth.v1.CommandR\bcommands\"G\n" +
+	"\x12ApplyBatchResponse\x121\n" +
+	"\aresults\x18\x01 \x03(\v2\x17.berth.v1.CommandResultR\aresults\"*\n" +
 	"\x10ReadIndexRequest\x12\x16\n" +
 	"\x06verify\x18\x01 \x01(\bR\x06verify\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
@@ -661,9 +753,11 @@ const file_berth_v1_cluster_proto_rawDesc = "" +
 	"\x12ReportLoadResponse\"\x10\n" +
 	"\x0eGetLoadRequest\"A\n" +
 	"\x0fGetLoadResponse\x12.\n" +
-	"\asamples\x18\x01 \x03(\v2\x14.berth.v1.LoadSampleR\asamples2\x93\x03\n" +
+	"\asamples\x18\x01 \x03(\v2\x14.berth.v1.LoadSampleR\asamples2\xdc\x03\n" +
 	"\x0eClusterService\x128\n" +
-	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12D\n" +
+	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12G\n" +
+	"\n" +
+	"ApplyBatch\x12\x1b.berth.v1.ApplyBatchRequest\x1a\x1c.berth.v1.ApplyBatchResponse\x12D\n" +
 	"\tReadIndex\x12\x1a.berth.v1.ReadIndexRequest\x1a\x1b.berth.v1.ReadIndexResponse\x12A\n" +
 	"\bNodeInfo\x12\x19.berth.v1.NodeInfoRequest\x1a\x1a.berth.v1.NodeInfoResponse\x125\n" +
 	"\x04Join\x12\x15.berth.v1.JoinRequest\x1a\x16.berth.v1.JoinResponse\x12G\n" +
@@ -683,48 +777,54 @@ func file_berth_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_berth_v1_cluster_proto_rawDescData
 }
 
-var file_berth_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_berth_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_berth_v1_cluster_proto_goTypes = []any{
 	(*ApplyRequest)(nil),       // 0: berth.v1.ApplyRequest
 	(*ApplyResponse)(nil),      // 1: berth.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),   // 2: berth.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),  // 3: berth.v1.ReadIndexResponse
-	(*NodeInfoRequest)(nil),    // 4: berth.v1.NodeInfoRequest
-	(*NodeInfoResponse)(nil),   // 5: berth.v1.NodeInfoResponse
-	(*JoinRequest)(nil),        // 6: berth.v1.JoinRequest
-	(*JoinResponse)(nil),       // 7: berth.v1.JoinResponse
-	(*ReportLoadRequest)(nil),  // 8: berth.v1.ReportLoadRequest
-	(*ReportLoadResponse)(nil), // 9: berth.v1.ReportLoadResponse
-	(*GetLoadRequest)(nil),     // 10: berth.v1.GetLoadRequest
-	(*GetLoadResponse)(nil),    // 11: berth.v1.GetLoadResponse
-	(*Command)(nil),            // 12: berth.v1.Command
-	(*CommandResult)(nil),      // 13: berth.v1.CommandResult
-	(*Server)(nil),             // 14: berth.v1.Server
-	(*LoadSample)(nil),         // 15: berth.v1.LoadSample
+	(*ApplyBatchRequest)(nil),  // 2: berth.v1.ApplyBatchRequest
+	(*ApplyBatchResponse)(nil), // 3: berth.v1.ApplyBatchResponse
+	(*ReadIndexRequest)(nil),   // 4: berth.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),  // 5: berth.v1.ReadIndexResponse
+	(*NodeInfoRequest)(nil),    // 6: berth.v1.NodeInfoRequest
+	(*NodeInfoResponse)(nil),   // 7: berth.v1.NodeInfoResponse
+	(*JoinRequest)(nil),        // 8: berth.v1.JoinRequest
+	(*JoinResponse)(nil),       // 9: berth.v1.JoinResponse
+	(*ReportLoadRequest)(nil),  // 10: berth.v1.ReportLoadRequest
+	(*ReportLoadResponse)(nil), // 11: berth.v1.ReportLoadResponse
+	(*GetLoadRequest)(nil),     // 12: berth.v1.GetLoadRequest
+	(*GetLoadResponse)(nil),    // 13: berth.v1.GetLoadResponse
+	(*Command)(nil),            // 14: berth.v1.Command
+	(*CommandResult)(nil),      // 15: berth.v1.CommandResult
+	(*Server)(nil),             // 16: berth.v1.Server
+	(*LoadSample)(nil),         // 17: berth.v1.LoadSample
 }
 var file_berth_v1_cluster_proto_depIdxs = []int32{
-	12, // 0: berth.v1.ApplyRequest.command:type_name -> berth.v1.Command
-	13, // 1: berth.v1.ApplyResponse.result:type_name -> berth.v1.CommandResult
-	14, // 2: berth.v1.JoinRequest.server:type_name -> berth.v1.Server
-	15, // 3: berth.v1.ReportLoadRequest.samples:type_name -> berth.v1.LoadSample
-	15, // 4: berth.v1.GetLoadResponse.samples:type_name -> berth.v1.LoadSample
-	0,  // 5: berth.v1.ClusterService.Apply:input_type -> berth.v1.ApplyRequest
-	2,  // 6: berth.v1.ClusterService.ReadIndex:input_type -> berth.v1.ReadIndexRequest
-	4,  // 7: berth.v1.ClusterService.NodeInfo:input_type -> berth.v1.NodeInfoRequest
-	6,  // 8: berth.v1.ClusterService.Join:input_type -> berth.v1.JoinRequest
-	8,  // 9: berth.v1.ClusterService.ReportLoad:input_type -> berth.v1.ReportLoadRequest
-	10, // 10: berth.v1.ClusterService.GetLoad:input_type -> berth.v1.GetLoadRequest
-	1,  // 11: berth.v1.ClusterService.Apply:output_type -> berth.v1.ApplyResponse
-	3,  // 12: berth.v1.ClusterService.ReadIndex:output_type -> berth.v1.ReadIndexResponse
-	5,  // 13: berth.v1.ClusterService.NodeInfo:output_type -> berth.v1.NodeInfoResponse
-	7,  // 14: berth.v1.ClusterService.Join:output_type -> berth.v1.JoinResponse
-	9,  // 15: berth.v1.ClusterService.ReportLoad:output_type -> berth.v1.ReportLoadResponse
-	11, // 16: berth.v1.ClusterService.GetLoad:output_type -> berth.v1.GetLoadResponse
-	11, // [11:17] is the sub-list for method output_type
-	5,  // [5:11] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	14, // 0: berth.v1.ApplyRequest.command:type_name -> berth.v1.Command
+	15, // 1: berth.v1.ApplyResponse.result:type_name -> berth.v1.CommandResult
+	14, // 2: berth.v1.ApplyBatchRequest.commands:type_name -> berth.v1.Command
+	15, // 3: berth.v1.ApplyBatchResponse.results:type_name -> berth.v1.CommandResult
+	16, // 4: berth.v1.JoinRequest.server:type_name -> berth.v1.Server
+	17, // 5: berth.v1.ReportLoadRequest.samples:type_name -> berth.v1.LoadSample
+	17, // 6: berth.v1.GetLoadResponse.samples:type_name -> berth.v1.LoadSample
+	0,  // 7: berth.v1.ClusterService.Apply:input_type -> berth.v1.ApplyRequest
+	2,  // 8: berth.v1.ClusterService.ApplyBatch:input_type -> berth.v1.ApplyBatchRequest
+	4,  // 9: berth.v1.ClusterService.ReadIndex:input_type -> berth.v1.ReadIndexRequest
+	6,  // 10: berth.v1.ClusterService.NodeInfo:input_type -> berth.v1.NodeInfoRequest
+	8,  // 11: berth.v1.ClusterService.Join:input_type -> berth.v1.JoinRequest
+	10, // 12: berth.v1.ClusterService.ReportLoad:input_type -> berth.v1.ReportLoadRequest
+	12, // 13: berth.v1.ClusterService.GetLoad:input_type -> berth.v1.GetLoadRequest
+	1,  // 14: berth.v1.ClusterService.Apply:output_type -> berth.v1.ApplyResponse
+	3,  // 15: berth.v1.ClusterService.ApplyBatch:output_type -> berth.v1.ApplyBatchResponse
+	5,  // 16: berth.v1.ClusterService.ReadIndex:output_type -> berth.v1.ReadIndexResponse
+	7,  // 17: berth.v1.ClusterService.NodeInfo:output_type -> berth.v1.NodeInfoResponse
+	9,  // 18: berth.v1.ClusterService.Join:output_type -> berth.v1.JoinResponse
+	11, // 19: berth.v1.ClusterService.ReportLoad:output_type -> berth.v1.ReportLoadResponse
+	13, // 20: berth.v1.ClusterService.GetLoad:output_type -> berth.v1.GetLoadResponse
+	14, // [14:21] is the sub-list for method output_type
+	7,  // [7:14] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_berth_v1_cluster_proto_init() }
@@ -740,7 +840,7 @@ func file_berth_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_v1_cluster_proto_rawDesc), len(file_berth_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

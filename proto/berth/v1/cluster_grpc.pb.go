@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	ClusterService_Apply_FullMethodName      = "/berth.v1.ClusterService/Apply"
+	ClusterService_ApplyBatch_FullMethodName = "/berth.v1.ClusterService/ApplyBatch"
 	ClusterService_ReadIndex_FullMethodName  = "/berth.v1.ClusterService/ReadIndex"
 	ClusterService_NodeInfo_FullMethodName   = "/berth.v1.ClusterService/NodeInfo"
 	ClusterService_Join_FullMethodName       = "/berth.v1.ClusterService/Join"
@@ -37,6 +38,13 @@ type ClusterServiceClient interface {
 	// Apply proposes a command on the leader. A non-leader answers
 	// Unavailable with a NOT_LEADER ErrorInfo naming the leader's address.
 	Apply(ctx context.Context, in *ApplyRequest, opts ...grpc.CallOption) (*ApplyResponse, error)
+	// ApplyBatch proposes several commands on the leader in one call: a
+	// follower coalesces the writes that arrive while its earlier forwards are
+	// in flight. Results come back in order. A refused command is a result;
+	// any other failure (not leader, leadership lost, timeout) fails the whole
+	// call, and the follower sends each command again under its request id,
+	// which the FSM applies at most once.
+	ApplyBatch(ctx context.Context, in *ApplyBatchRequest, opts ...grpc.CallOption) (*ApplyBatchResponse, error)
 	// ReadIndex returns the index a follower must reach before serving a read:
 	// the leader's commit index after verifying leadership (verify=true), or
 	// its applied index (verify=false).
@@ -63,6 +71,16 @@ func (c *clusterServiceClient) Apply(ctx context.Context, in *ApplyRequest, opts
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ApplyResponse)
 	err := c.cc.Invoke(ctx, ClusterService_Apply_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) ApplyBatch(ctx context.Context, in *ApplyBatchRequest, opts ...grpc.CallOption) (*ApplyBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApplyBatchResponse)
+	err := c.cc.Invoke(ctx, ClusterService_ApplyBatch_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -129,6 +147,13 @@ type ClusterServiceServer interface {
 	// Apply proposes a command on the leader. A non-leader answers
 	// Unavailable with a NOT_LEADER ErrorInfo naming the leader's address.
 	Apply(context.Context, *ApplyRequest) (*ApplyResponse, error)
+	// ApplyBatch proposes several commands on the leader in one call: a
+	// follower coalesces the writes that arrive while its earlier forwards are
+	// in flight. Results come back in order. A refused command is a result;
+	// any other failure (not leader, leadership lost, timeout) fails the whole
+	// call, and the follower sends each command again under its request id,
+	// which the FSM applies at most once.
+	ApplyBatch(context.Context, *ApplyBatchRequest) (*ApplyBatchResponse, error)
 	// ReadIndex returns the index a follower must reach before serving a read:
 	// the leader's commit index after verifying leadership (verify=true), or
 	// its applied index (verify=false).
@@ -153,6 +178,9 @@ type UnimplementedClusterServiceServer struct{}
 
 func (UnimplementedClusterServiceServer) Apply(context.Context, *ApplyRequest) (*ApplyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Apply not implemented")
+}
+func (UnimplementedClusterServiceServer) ApplyBatch(context.Context, *ApplyBatchRequest) (*ApplyBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApplyBatch not implemented")
 }
 func (UnimplementedClusterServiceServer) ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReadIndex not implemented")
@@ -204,6 +232,24 @@ func _ClusterService_Apply_Handler(srv interface{}, ctx context.Context, dec fun
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ClusterServiceServer).Apply(ctx, req.(*ApplyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_ApplyBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApplyBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).ApplyBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_ApplyBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).ApplyBatch(ctx, req.(*ApplyBatchRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -308,6 +354,10 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Apply",
 			Handler:    _ClusterService_Apply_Handler,
+		},
+		{
+			MethodName: "ApplyBatch",
+			Handler:    _ClusterService_ApplyBatch_Handler,
 		},
 		{
 			MethodName: "ReadIndex",
