@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"github.com/berthhq/berth/controlplane/controlplanetest"
 	"github.com/berthhq/berth/controlplane/token"
 	"github.com/berthhq/berth/dataplane/agent"
@@ -297,7 +299,8 @@ func TestDownstreamTLSWithSNIAndRotationUnderLoad(t *testing.T) {
 	}})
 	up := dataplanetest.Upstream(t, "svc")
 	echo := startTCPEcho(t)
-	e.Agent("a1", e.TunnelAddrs()[:1], map[string]string{"web": up, "tcp": echo})
+	demo := startDemo(t)
+	e.Agent("a1", e.TunnelAddrs()[:1], map[string]string{"web": up, "tcp": echo, "ws": demo})
 	e.WaitConnections("web", 1)
 	waitRoutes(t, e, httpClient(t), "web")
 
@@ -349,6 +352,26 @@ func TestDownstreamTLSWithSNIAndRotationUnderLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkEcho(t, conn2, fmt.Sprintf("upgrade %d\n", p))
+	}
+
+	// A WebSocket through the TLS listener, named by SNI (HTTP/1.1: the
+	// upgrade does not ride on HTTP/2).
+	for p := range 2 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		wsc, _, err := websocket.Dial(ctx, "wss://"+e.Proxy(p).DownstreamTLSAddr()+"/ws", &websocket.DialOptions{HTTPClient: &http.Client{
+			Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "ws.berth.test"}}}})
+		if err != nil {
+			cancel()
+			t.Fatalf("proxy %d: wss: %v", p, err)
+		}
+		if err := wsc.Write(ctx, websocket.MessageText, []byte("over tls")); err != nil {
+			t.Fatal(err)
+		}
+		if _, b, err := wsc.Read(ctx); err != nil || string(b) != "over tls" {
+			t.Fatalf("proxy %d: wss echo %q %v", p, b, err)
+		}
+		_ = wsc.Close(websocket.StatusNormalClosure, "")
+		cancel()
 	}
 
 	// Rotate under load: no request fails, and new handshakes get the new

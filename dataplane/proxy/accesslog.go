@@ -41,6 +41,7 @@ type accessWriter struct {
 	reason   string // X-Berth-Error of a Berth-made answer
 	via      target // where the request went; zero when nowhere
 	viaSet   bool
+	attrs    []slog.Attr // the line's attributes, kept with the pooled writer
 }
 
 // begin wraps w for the log, or returns nil when nothing would be logged.
@@ -52,7 +53,7 @@ func (l *accessLog) begin(ctx context.Context, w http.ResponseWriter) *accessWri
 	if aw == nil {
 		aw = new(accessWriter)
 	}
-	*aw = accessWriter{ResponseWriter: w, start: time.Now()}
+	*aw = accessWriter{ResponseWriter: w, start: time.Now(), attrs: aw.attrs[:0]}
 	return aw
 }
 
@@ -62,16 +63,14 @@ func (l *accessLog) end(ctx context.Context, aw *accessWriter, r *http.Request) 
 	if status == 0 {
 		status = http.StatusOK // nothing written is an empty 200
 	}
-	attrs := make([]slog.Attr, 0, 12)
-	attrs = append(attrs,
+	attrs := append(aw.attrs[:0],
 		slog.String("endpoint", aw.endpoint),
 		slog.String("method", r.Method),
 		slog.String("path", r.URL.Path),
 		slog.Int("status", status),
 		slog.Int64("bytes", aw.bytes),
 		slog.Duration("duration", time.Since(aw.start)),
-		slog.String("remote", r.RemoteAddr),
-	)
+		slog.String("remote", r.RemoteAddr))
 	if r.TLS != nil {
 		attrs = append(attrs, slog.Bool("tls", true))
 	}
@@ -95,7 +94,8 @@ func (l *accessLog) end(ctx context.Context, aw *accessWriter, r *http.Request) 
 		attrs = append(attrs, slog.Attr{Key: "headers", Value: slog.GroupValue(hs...)})
 	}
 	l.logger.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
-	*aw = accessWriter{}
+	clear(attrs) // drop references to this request's strings
+	*aw = accessWriter{attrs: attrs[:0]}
 	l.pool.Put(aw)
 }
 

@@ -97,6 +97,8 @@ func TestAccessLogAllocations(t *testing.T) {
 		l.end(ctx, aw, r)
 	})
 	t.Logf("%.1f allocations per logged request", allocs)
+	// 1 normally (slog's record past five attributes); the race detector
+	// makes sync.Pool drop items at random, hence the slack.
 	if allocs > 4 {
 		t.Fatalf("%.1f allocations per logged request; want at most 4", allocs)
 	}
