@@ -124,18 +124,20 @@
 
   // --- rendering -----------------------------------------------------------
 
+  // Renders are batched; a timer, not requestAnimationFrame, so a page in
+  // a background tab still keeps up.
   let renderQueued = false;
   function render() {
     if (renderQueued) return;
     renderQueued = true;
-    requestAnimationFrame(() => {
+    setTimeout(() => {
       renderQueued = false;
       renderHeader();
       renderCluster();
       renderProxies();
       renderEndpoints();
       renderMoves();
-    });
+    }, 30);
   }
 
   function renderHeader() {
