@@ -175,6 +175,25 @@ func (c *Cluster) Stop(i int) {
 	}
 }
 
+// Wipe empties stopped node i's data dir, as a replaced disk would be: it
+// starts next time with no log, no snapshot and no Raft configuration, on
+// the same addresses, and must be added to the cluster again.
+func (c *Cluster) Wipe(i int) {
+	c.t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.nodes[i] != nil {
+		c.t.Fatalf("wiping running node %d", i)
+	}
+	dir := c.cfgs[i].DataDir
+	if err := os.RemoveAll(dir); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // Close stops every node.
 func (c *Cluster) Close() {
 	for i := range c.nodes {

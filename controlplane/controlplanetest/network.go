@@ -3,6 +3,7 @@ package controlplanetest
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"sync"
 )
@@ -11,12 +12,15 @@ import (
 // (Raft and node-to-node gRPC). Isolating a node cuts every such connection
 // to or from it and refuses new ones; clients outside the cluster still
 // reach its public gRPC port, which is exactly the case where a deposed
-// leader must not answer linearizable reads.
+// leader must not answer linearizable reads. Degrade slows and "loses"
+// what crosses the links instead (lossy.go).
 type Network struct {
 	mu       sync.Mutex
 	owner    map[string]string // listen or advertised address -> node id
 	isolated map[string]bool
 	conns    map[*trackedConn]struct{}
+	faults   LinkFaults
+	rng      *rand.Rand
 }
 
 // NewNetwork returns a network with nobody isolated.
@@ -104,6 +108,9 @@ func (n *NodeNetwork) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
+	}
+	if n.w.degraded() {
+		c = newLossyConn(c, n.w)
 	}
 	tc := &trackedConn{Conn: c, w: n.w, local: n.id, remote: remote}
 	n.w.track(tc)
