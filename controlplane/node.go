@@ -52,6 +52,9 @@ type Deps struct {
 	// Registerer receives the node's metrics; nil makes a private registry
 	// served on HTTPAddr.
 	Registry *prometheus.Registry
+	// WrapLogStore, when set, wraps the Raft log store (under the log
+	// cache): tests inject disk errors through it.
+	WrapLogStore func(raft.LogStore) raft.LogStore
 	// DebugHandlers, when set, adds handlers (the runtime's profiles) to the
 	// HTTPAddr mux; berthd sets it for --pprof.
 	DebugHandlers func(*http.ServeMux)
@@ -179,7 +182,7 @@ func New(cfg Config, logger *slog.Logger, deps Deps) (n *Node, err error) {
 		n.cfg.GRPCAdvertise = n.grpcLn.Addr().String()
 	}
 
-	n.raft, n.stores, err = newRaft(&n.cfg, appliedFSM{FSM: n.fsm, applied: n.applied}, raftLn, raftNetwork, n.leaderNotify, logger)
+	n.raft, n.stores, err = newRaft(&n.cfg, appliedFSM{FSM: n.fsm, applied: n.applied}, raftLn, raftNetwork, deps.WrapLogStore, n.leaderNotify, logger)
 	if err != nil {
 		_ = raftLn.Close()
 		return nil, err

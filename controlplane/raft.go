@@ -129,8 +129,8 @@ const logCacheEntries = 1024
 
 // newRaft opens (or creates) the node's Raft state under cfg.DataDir: a
 // bbolt-backed log and stable store that fsyncs every batch, file snapshots,
-// and a TCP transport on ln.
-func newRaft(cfg *Config, machine raft.FSM, ln net.Listener, network Network, notify chan<- bool, logger *slog.Logger) (*raft.Raft, *raftStores, error) {
+// and a TCP transport on ln. wrap, when set, wraps the log store.
+func newRaft(cfg *Config, machine raft.FSM, ln net.Listener, network Network, wrap func(raft.LogStore) raft.LogStore, notify chan<- bool, logger *slog.Logger) (*raft.Raft, *raftStores, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, nil, fmt.Errorf("data dir: %w", err)
 	}
@@ -187,7 +187,11 @@ func newRaft(cfg *Config, machine raft.FSM, ln net.Listener, network Network, no
 	}
 	// Replication and the FSM read back entries just written; the cache
 	// serves them without a bbolt read and msgpack decode each.
-	logs, err := raft.NewLogCache(logCacheEntries, bolt)
+	var store raft.LogStore = bolt
+	if wrap != nil {
+		store = wrap(bolt)
+	}
+	logs, err := raft.NewLogCache(logCacheEntries, store)
 	if err != nil {
 		_ = transport.Close()
 		_ = bolt.Close()

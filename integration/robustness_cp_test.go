@@ -7,6 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/berthhq/berth/controlplane"
 	"github.com/berthhq/berth/controlplane/controlplanetest"
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
@@ -136,4 +140,64 @@ func checkSameRegistry(c *controlplanetest.Cluster) error {
 		}
 	}
 	return nil
+}
+
+// A follower's log store fails every write (ENOSPC, as a full disk or a
+// failing fsync would) while the register workload runs: the node keeps
+// running and answers linearizable reads with an error rather than stale
+// data, the others go on committing, and once the fault clears it catches
+// up. Then the same fault on the leader: it steps down and the others go
+// on without it.
+func TestRobustnessLogStoreFailsOnAFollowerThenTheLeader(t *testing.T) {
+	stores := make([]*controlplanetest.FaultyLogStore, 3)
+	c := controlplanetest.MakeCluster(t, 3, controlplanetest.Options{LogStore: func(i int, s raft.LogStore) raft.LogStore {
+		stores[i] = &controlplanetest.FaultyLogStore{LogStore: s}
+		return stores[i]
+	}})
+	w := startRegisterWorkload(t, inProcessClients(c))
+	w.waitOps(30)
+
+	f := (c.Leader() + 1) % 3
+	t.Logf("log store of follower %d fails from now on", f)
+	stores[f].Fail(true)
+	w.waitOps(30)
+	if stores[f].Refused() == 0 {
+		t.Fatalf("follower %d was asked to store nothing", f)
+	}
+	if fa, la := c.Node(f).Raft().AppliedIndex(), c.Node(c.Leader()).Raft().AppliedIndex(); fa >= la {
+		t.Fatalf("follower %d applied %d with a failing disk, the leader %d", f, fa, la)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, err := c.Admin(f).GetProxy(ctx, &berthv1.GetProxyRequest{ProxyId: registerKeys[0], Consistency: berthv1.Consistency_CONSISTENCY_LINEARIZABLE})
+	cancel()
+	if code := status.Code(err); code != codes.Unavailable && code != codes.DeadlineExceeded {
+		t.Fatalf("linearizable read on the failing follower: %v, want Unavailable or DeadlineExceeded", err)
+	}
+	stores[f].Fail(false)
+	t.Logf("fault cleared on follower %d", f)
+	controlplanetest.Eventually(t, 60*time.Second, func() error {
+		if fa, la := c.Node(f).Raft().AppliedIndex(), c.Node(c.Leader()).Raft().AppliedIndex(); fa+10 < la {
+			return fmt.Errorf("follower %d applied %d, the leader %d", f, fa, la)
+		}
+		return nil
+	})
+	w.waitOps(30)
+
+	l := c.Leader()
+	t.Logf("log store of leader %d fails from now on", l)
+	stores[l].Fail(true)
+	controlplanetest.Eventually(t, 30*time.Second, func() error {
+		if c.Node(l).Raft().State() == raft.Leader {
+			return fmt.Errorf("node %d still leads with a failing disk", l)
+		}
+		return nil
+	})
+	w.waitOps(30)
+	stores[l].Fail(false)
+	t.Logf("fault cleared on node %d", l)
+	w.waitOps(30)
+	w.stopAndCheck()
+	if err := checkSameRegistry(c); err != nil {
+		t.Fatal(err)
+	}
 }

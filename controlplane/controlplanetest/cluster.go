@@ -35,6 +35,9 @@ type Options struct {
 	Clock controlplane.Clock
 	// Logs go to t.Log (shown on failure) when true; discarded otherwise.
 	Logs bool
+	// LogStore, when set, wraps node i's Raft log store each time it
+	// starts (FaultyLogStore injects disk errors).
+	LogStore func(i int, s raft.LogStore) raft.LogStore
 	// TLS runs the cluster with mutual TLS: a private CA, a server
 	// certificate per node; Conn then dials with a server certificate and
 	// DialAs with any role.
@@ -139,9 +142,11 @@ func (c *Cluster) Start(i int) *controlplane.Node {
 		if err != nil {
 			return err
 		}
-		n, err = controlplane.New(cfg, logger, controlplane.Deps{
-			Clock: c.opts.Clock, Network: c.Network.For(cfg.ID), GRPCListener: ln,
-		})
+		deps := controlplane.Deps{Clock: c.opts.Clock, Network: c.Network.For(cfg.ID), GRPCListener: ln}
+		if c.opts.LogStore != nil {
+			deps.WrapLogStore = func(s raft.LogStore) raft.LogStore { return c.opts.LogStore(i, s) }
+		}
+		n, err = controlplane.New(cfg, logger, deps)
 		if err != nil {
 			_ = ln.Close()
 		}
