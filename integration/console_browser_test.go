@@ -193,6 +193,7 @@ type pageState struct {
 	Scripts       int      `json:"scripts"`
 	Images        int      `json:"images"`
 	Marker        int      `json:"marker"`
+	ResumedFrom   string   `json:"resumedFrom"`
 }
 
 const readPage = `(() => {
@@ -215,6 +216,7 @@ const readPage = `(() => {
     scripts: document.querySelectorAll("script").length,
     images: document.querySelectorAll("img").length,
     marker: window.__notReloaded || 0,
+    resumedFrom: document.body.dataset.resumedFrom || "",
   };
 })()`
 
@@ -379,6 +381,30 @@ func TestConsoleInChromium(t *testing.T) {
 		t.Errorf("berthctl after the drain: %v", final)
 	}
 	screenshot(t, ctx, "console-after-drain.png")
+
+	// The page's node restarts; meanwhile the drained proxy is uncordoned
+	// through the others. The page reconnects, resumes after the last index
+	// it held, and shows the change, still without a reload.
+	node := c.nodes[1]
+	held := readPageState(t, ctx).Index
+	if err := c.stop(node); err != nil {
+		t.Fatalf("stop %s: %v", node.id, err)
+	}
+	e2eEventually(t, 10*time.Second, "the page notices its node is gone", func() (bool, string) {
+		st = readPageState(t, ctx)
+		return st.Stream != "live", st.Stream
+	})
+	c.mustCtl("uncordon", drained)
+	c.start(node)
+	e2eEventually(t, e2eWait, "the page resumes and shows the uncordon", func() (bool, string) {
+		st = readPageState(t, ctx)
+		s, _ := st.row(drained)
+		return st.Stream == "live" && s == "ACTIVE", fmt.Sprintf("stream %s, resumed from %s, rows %+v", st.Stream, st.ResumedFrom, st.Rows)
+	})
+	if st.ResumedFrom != held || st.Marker != 42 {
+		t.Fatalf("after the restart: resumed from %q (held %q), marker %d", st.ResumedFrom, held, st.Marker)
+	}
+	t.Logf("the page resumed from index %s after %s restarted", st.ResumedFrom, node.id)
 }
 
 // TestConsoleInChromiumAsksForToken: with --admin-auth the page asks for a

@@ -491,3 +491,33 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal("negative finished moves accepted")
 	}
 }
+
+// FuzzRequestHeaders: whatever a browser (or anything else) sends as
+// Authorization and Last-Event-ID gets a value or a clear error, never a
+// panic, and an accepted token is always relayed exactly.
+func FuzzRequestHeaders(f *testing.F) {
+	f.Add("Bearer bat_abc_secret", "42")
+	f.Add("bearer x", "")
+	f.Add("Basic dXNlcjpwdw==", "-1")
+	f.Add("Bearer ", "18446744073709551616")
+	f.Add("Bearer a\x00b", " 7 ")
+	f.Fuzz(func(t *testing.T, auth, lastID string) {
+		r := httptest.NewRequest(http.MethodGet, "/ui/events", nil)
+		r.Header["Authorization"] = []string{auth}
+		r.Header["Last-Event-Id"] = []string{lastID}
+		if _, err := parseLastEventID(r); err != nil && !strings.Contains(err.Error(), "Last-Event-ID") {
+			t.Fatalf("unclear error: %v", err)
+		}
+		ctx, err := callContext(context.Background(), r)
+		if err != nil {
+			if httpStatus(err) != http.StatusUnauthorized {
+				t.Fatalf("bad Authorization %q: status %d", auth, httpStatus(err))
+			}
+			return
+		}
+		md, _ := metadata.FromOutgoingContext(ctx)
+		if got := md.Get("authorization"); len(got) != 1 || !strings.EqualFold(got[0][:7], auth[:7]) || got[0][7:] != auth[7:] {
+			t.Fatalf("Authorization %q relayed as %q", auth, got)
+		}
+	})
+}

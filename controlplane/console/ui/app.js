@@ -325,6 +325,7 @@
   // stream reads one event stream until it ends. It resumes after the last
   // index the page holds (Last-Event-ID).
   async function stream() {
+    document.body.dataset.resumedFrom = String(state.index);
     const resp = await check(await fetch("events", {
       headers: headers({ Accept: "text/event-stream", "Last-Event-ID": String(state.index) }),
       cache: "no-store",
