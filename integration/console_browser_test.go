@@ -306,7 +306,8 @@ func TestConsoleInChromium(t *testing.T) {
 	})
 
 	ctx := newBrowser(t, chromium)
-	// A follower's console: any node serves the page from its own state.
+	// cp1's console, whether it leads or follows: any node serves the page
+	// from its own state.
 	url := "http://" + c.nodes[1].httpAddr + "/ui/"
 	nav, cancel := context.WithTimeout(ctx, 20*time.Second)
 	if err := chromedp.Do(nav, chromedp.Navigate(url), chromedp.WaitVisible(chromedp.CSS(`body[data-stream="live"]`))); err != nil {
