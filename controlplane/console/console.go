@@ -50,6 +50,9 @@ var (
 	ErrTokenInURL = errors.New("console: tokens go in the Authorization header, never in the URL")
 	// ErrBadLastEventID: Last-Event-ID is not a registry index.
 	ErrBadLastEventID = errors.New("console: bad Last-Event-ID")
+	// errClientGone: writing to the browser failed, so the stream ends
+	// without an error message nobody would read.
+	errClientGone = errors.New("console: browser went away")
 )
 
 // Admin is the part of the AdminService the console calls;
@@ -110,7 +113,9 @@ func (c Config) Validate() error {
 }
 
 // topics are what the page follows.
-var topics = []berthv1.Topic{berthv1.Topic_TOPIC_PROXIES, berthv1.Topic_TOPIC_CONNECTIONS, berthv1.Topic_TOPIC_MOVES, berthv1.Topic_TOPIC_ENDPOINTS, berthv1.Topic_TOPIC_SERVERS}
+func topics() []berthv1.Topic {
+	return []berthv1.Topic{berthv1.Topic_TOPIC_PROXIES, berthv1.Topic_TOPIC_CONNECTIONS, berthv1.Topic_TOPIC_MOVES, berthv1.Topic_TOPIC_ENDPOINTS, berthv1.Topic_TOPIC_SERVERS}
+}
 
 //go:embed ui
 var uiFiles embed.FS
@@ -308,7 +313,7 @@ func (c *Console) cluster(ctx context.Context) (*clusterView, error) {
 func (c *Console) watchSnapshot(ctx context.Context) (registry, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
 	defer cancel()
-	stream, err := c.admin.Watch(ctx, &berthv1.WatchRequest{Topics: topics})
+	stream, err := c.admin.Watch(ctx, &berthv1.WatchRequest{Topics: topics()})
 	if err != nil {
 		return registry{}, fmt.Errorf("watch: %w", err)
 	}

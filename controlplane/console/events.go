@@ -100,7 +100,7 @@ func (c *Console) serveEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := c.admin.Watch(ctx, &berthv1.WatchRequest{Topics: topics, StartIndex: last})
+	stream, err := c.admin.Watch(ctx, &berthv1.WatchRequest{Topics: topics(), StartIndex: last})
 	if err != nil {
 		err = fmt.Errorf("watch: %w", err)
 		c.fail(w, r, httpStatus(err), err)
@@ -124,8 +124,6 @@ func (c *Console) serveEvents(w http.ResponseWriter, r *http.Request) {
 		_ = out.send("error", 0, bodyOf(err))
 	}
 }
-
-var errClientGone = errors.New("console: browser went away")
 
 // pump relays the watch to out until either ends, interleaving Raft status,
 // derived state and heartbeats. last is the index the page has seen.
