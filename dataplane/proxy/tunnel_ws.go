@@ -27,6 +27,7 @@ func newWSTunnels(p *Proxy) *wsTunnels {
 	h.srv = &http.Server{
 		Handler:           tunnel.WebSocketHandler(p.ctx, p.handshakeTunnel),
 		ReadHeaderTimeout: p.cfg.Tunnel.HandshakeTimeout,
+		IdleTimeout:       p.cfg.Tunnel.HandshakeTimeout,
 		ErrorLog:          slog.NewLogLogger(p.logger.Handler(), slog.LevelDebug),
 	}
 	return h

@@ -235,6 +235,7 @@ func (c *prereadConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 func WebSocketHandler(ctx context.Context, serve func(net.Conn)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			w.Header().Set("Connection", "close") // nothing else to do here
 			http.Error(w, "this is a Berth tunnel port: agents connect here (WebSocket, subprotocol "+WebSocketProtocol+")", http.StatusBadRequest)
 			return
 		}

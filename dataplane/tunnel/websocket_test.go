@@ -103,8 +103,8 @@ func TestWebSocketDialRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadRequest {
-		t.Fatalf("plain GET on the tunnel handler: %s", resp.Status)
+	if resp.StatusCode != http.StatusBadRequest || !resp.Close {
+		t.Fatalf("plain GET on the tunnel handler: %s, close %v; want 400 and the connection closed", resp.Status, resp.Close)
 	}
 }
 
