@@ -62,9 +62,11 @@ func consoleBuild(t *testing.T) string {
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin+string(filepath.Separator),
 		"github.com/berthhq/berth/cmd/berthd", "github.com/berthhq/berth/cmd/berthctl",
 		"github.com/berthhq/berth/cmd/berth-proxy", "github.com/berthhq/berth/cmd/berth-agent")
+	start := time.Now()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
+	t.Logf("built berthd, berthctl, berth-proxy and berth-agent in %s", time.Since(start).Round(time.Millisecond))
 	return bin
 }
 
@@ -99,6 +101,8 @@ func consoleCluster(t *testing.T, bin, adminToken string, extra ...string) *e2eC
 			}
 		}
 	})
+	start := time.Now()
+	defer func() { t.Logf("three berthd up and healthy in %s", time.Since(start).Round(time.Millisecond)) }()
 	for _, n := range c.nodes {
 		c.start(n)
 	}
