@@ -15,15 +15,29 @@ import (
 // heartbeats is the leader's in-memory record of proxies' load samples.
 // Samples never enter the Raft log; only the health transitions judged from
 // them do.
+//
+// Every time here is a reading of this node's monotonic clock
+// (Clock.Monotonic), never a wall-clock time from the log: a proxy's health
+// change is timed by when this leader first saw it, not by the timestamp
+// another node's clock put on it, so a wall clock stepped on any node
+// neither declares live proxies down nor keeps dead ones up.
 type heartbeats struct {
 	mu      sync.Mutex
 	seen    map[string]time.Time
 	samples map[string]*berthv1.LoadSample
+	changed map[string]healthChange
 	since   time.Time // when this node last became leader
 }
 
+// healthChange is a proxy's current health transition (its stamp in the
+// registry) and when this leader first saw it.
+type healthChange struct {
+	stampUnixMs int64
+	seenAt      time.Time
+}
+
 func newHeartbeats() *heartbeats {
-	return &heartbeats{seen: make(map[string]time.Time), samples: make(map[string]*berthv1.LoadSample)}
+	return &heartbeats{seen: make(map[string]time.Time), samples: make(map[string]*berthv1.LoadSample), changed: make(map[string]healthChange)}
 }
 
 // startTerm forgets what an earlier term saw and starts the grace period.
@@ -33,6 +47,40 @@ func (h *heartbeats) startTerm(now time.Time) {
 	h.since = now
 	clear(h.seen)
 	clear(h.samples)
+	clear(h.changed)
+}
+
+// decided records a transition this leader committed with stamp, timed
+// at now, when it decided it.
+func (h *heartbeats) decided(proxyID string, stamp int64, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.changed[proxyID] = healthChange{stampUnixMs: stamp, seenAt: now}
+}
+
+// observe notes, at now, each proxy whose health transition is new to this
+// term and forgets proxies no longer registered. It returns when each
+// proxy's current transition was first seen.
+func (h *heartbeats) observe(proxies []*berthv1.Proxy, now time.Time) map[string]time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]time.Time, len(proxies))
+	for _, p := range proxies {
+		c, ok := h.changed[p.Id]
+		if !ok || c.stampUnixMs != p.HealthChangedUnixMs {
+			c = healthChange{stampUnixMs: p.HealthChangedUnixMs, seenAt: now}
+			h.changed[p.Id] = c
+		}
+		out[p.Id] = c.seenAt
+	}
+	if len(h.changed) > len(proxies) {
+		for id := range h.changed {
+			if _, ok := out[id]; !ok {
+				delete(h.changed, id)
+			}
+		}
+	}
+	return out
 }
 
 func (h *heartbeats) record(s *berthv1.LoadSample, now time.Time) {
@@ -71,7 +119,10 @@ func (h *heartbeats) load() []*berthv1.LoadSample {
 // (for a HEALTHY proxy) when it became healthy, e.g. registered. Silence past
 // UnhealthyAfter makes it UNHEALTHY, past DownAfter DOWN; a fresh sample
 // after the last transition makes an UNHEALTHY or DOWN proxy HEALTHY.
-func judge(proxies []*berthv1.Proxy, seen map[string]time.Time, since, now time.Time, cfg HeartbeatConfig) []*berthv1.SetProxyHealthCommand {
+//
+// changed is when this leader first saw each proxy's current transition
+// (heartbeats.observe); a proxy missing from it counts from since.
+func judge(proxies []*berthv1.Proxy, seen, changedAt map[string]time.Time, since, now time.Time, cfg HeartbeatConfig) []*berthv1.SetProxyHealthCommand {
 	if now.Sub(since) < cfg.Grace {
 		return nil
 	}
@@ -80,7 +131,10 @@ func judge(proxies []*berthv1.Proxy, seen map[string]time.Time, since, now time.
 		out = append(out, &berthv1.SetProxyHealthCommand{ProxyId: p.Id, Health: h, IfVersion: p.Version})
 	}
 	for _, p := range proxies {
-		changed := time.UnixMilli(p.HealthChangedUnixMs)
+		changed, ok := changedAt[p.Id]
+		if !ok {
+			changed = since
+		}
 		last, sampled := seen[p.Id]
 		fresh := sampled && last.After(changed) && now.Sub(last) <= cfg.UnhealthyAfter
 		alive := last
@@ -121,15 +175,22 @@ func judge(proxies []*berthv1.Proxy, seen map[string]time.Time, since, now time.
 // judgeHeartbeats commits the transitions judge finds due. Each carries the
 // proxy's version, so a registration racing with it wins.
 func (n *Node) judgeHeartbeats(ctx context.Context) {
-	seen, since := n.beats.view()
 	var proxies []*berthv1.Proxy
 	n.fsm.View(func(s *fsm.State, _ uint64) { proxies, _ = s.ListProxies(fsm.ProxyFilter{}, "", 0) })
-	for _, c := range judge(proxies, seen, since, n.clock.Now(), n.cfg.Heartbeat) {
+	now := n.clock.Monotonic()
+	changed := n.beats.observe(proxies, now)
+	seen, since := n.beats.view()
+	for _, c := range judge(proxies, seen, changed, since, now, n.cfg.Heartbeat) {
 		n.logger.Info("proxy health changed", "proxy", c.ProxyId, "health", c.Health)
-		cmd := &berthv1.Command{Kind: &berthv1.Command_SetProxyHealth{SetProxyHealth: c}}
+		// Stamped here, so the change is timed from this decision rather
+		// than from the next time observe sees it.
+		stamp := n.clock.Now().UnixMilli()
+		cmd := &berthv1.Command{NowUnixMs: stamp, Kind: &berthv1.Command_SetProxyHealth{SetProxyHealth: c}}
 		if _, err := n.Apply(ctx, cmd); err != nil {
 			n.logger.Warn("committing proxy health failed", "proxy", c.ProxyId, "err", err)
+			continue
 		}
+		n.beats.decided(c.ProxyId, stamp, now)
 	}
 }
 
@@ -147,7 +208,7 @@ func newLoadRelay(n *Node) *loadRelay {
 
 func (r *loadRelay) submit(s *berthv1.LoadSample) {
 	if r.n.IsLeader() {
-		r.n.beats.record(s, r.n.clock.Now())
+		r.n.beats.record(s, r.n.clock.Monotonic())
 		return
 	}
 	r.mu.Lock()
@@ -182,7 +243,7 @@ func (r *loadRelay) flush() {
 	r.mu.Unlock()
 
 	if r.n.IsLeader() {
-		now := r.n.clock.Now()
+		now := r.n.clock.Monotonic()
 		for _, s := range batch {
 			r.n.beats.record(s, now)
 		}

@@ -39,7 +39,8 @@ func TestJudge(t *testing.T) {
 			if tt.seen != nil {
 				seen["p1"] = *tt.seen
 			}
-			got := judge([]*berthv1.Proxy{tt.proxy}, seen, tt.since, tt.now, cfg)
+			changed := map[string]time.Time{"p1": time.UnixMilli(tt.proxy.HealthChangedUnixMs)}
+			got := judge([]*berthv1.Proxy{tt.proxy}, seen, changed, tt.since, tt.now, cfg)
 			if tt.want == 0 {
 				if len(got) != 0 {
 					t.Fatalf("want no transition, got %v", got)
@@ -54,6 +55,33 @@ func TestJudge(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// observe times a proxy's health change by when this leader first saw it,
+// whatever stamp the change carries, and forgets it with a new term.
+func TestObserveTimesChangesBySight(t *testing.T) {
+	h := newHeartbeats()
+	t0 := time.Unix(1000, 0)
+	h.startTerm(t0)
+	p := &berthv1.Proxy{Id: "p1", HealthChangedUnixMs: t0.Add(time.Hour).UnixMilli()} // a clock an hour ahead stamped it
+	if got := h.observe([]*berthv1.Proxy{p}, t0.Add(time.Second))["p1"]; !got.Equal(t0.Add(time.Second)) {
+		t.Fatalf("first sight at %v, want t0+1s", got)
+	}
+	if got := h.observe([]*berthv1.Proxy{p}, t0.Add(5*time.Second))["p1"]; !got.Equal(t0.Add(time.Second)) {
+		t.Fatalf("the same change re-timed to %v", got)
+	}
+	p.HealthChangedUnixMs = 1 // a clock far behind stamped the next change
+	if got := h.observe([]*berthv1.Proxy{p}, t0.Add(9*time.Second))["p1"]; !got.Equal(t0.Add(9 * time.Second)) {
+		t.Fatalf("a new change timed %v, want t0+9s", got)
+	}
+	if got := h.observe(nil, t0.Add(10*time.Second)); len(got) != 0 || len(h.changed) != 0 {
+		t.Fatalf("an unregistered proxy is remembered: %v", h.changed)
+	}
+	h.observe([]*berthv1.Proxy{p}, t0.Add(11*time.Second))
+	h.startTerm(t0.Add(12 * time.Second))
+	if len(h.changed) != 0 {
+		t.Fatal("a new term keeps the old term's sightings")
+	}
+}
 
 func TestDeadToRemove(t *testing.T) {
 	now := time.Unix(10_000, 0)

@@ -107,7 +107,7 @@ func (n *Node) runLeader(ctx context.Context) {
 		}
 	}
 	n.lead.setReady(term)
-	n.beats.startTerm(n.clock.Now())
+	n.beats.startTerm(n.clock.Monotonic())
 	n.registerSelf(ctx)
 	reb := newRebalancer(n, n.cfg.Rebalance)
 	n.reb.Store(reb)

@@ -27,15 +27,24 @@ import (
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
 )
 
-// Clock tells the time. Decisions driven by time (heartbeat judgement,
-// command timestamps) read it through this so tests can move it.
+// Clock tells the time, through which tests move or step it. Now is the
+// wall clock: it stamps commands, and those stamps are read on other nodes.
+// Monotonic is for measuring intervals on this node only (heartbeat
+// silence, the leader's grace period): a wall clock stepped by NTP or by
+// hand does not move it. Never compare a Monotonic reading with a stamp
+// from the log.
 type Clock interface {
 	Now() time.Time
+	Monotonic() time.Time
 }
 
 type realClock struct{}
 
 func (realClock) Now() time.Time { return time.Now() }
+
+// Monotonic is time.Now: its monotonic reading is what Sub and After use
+// when both sides carry one.
+func (realClock) Monotonic() time.Time { return time.Now() }
 
 // MaxMessageBytes bounds every gRPC message a node accepts or sends; it is
 // above fsm.MaxCommandBytes so the largest valid command fits.

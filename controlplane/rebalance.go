@@ -81,9 +81,12 @@ type rebalancer struct {
 	cfg     RebalanceConfig
 	trigger chan struct{}
 
+	// The times in these maps are readings of the node's monotonic clock
+	// (Clock.Monotonic): a stepped wall clock moves none of them.
 	mu        sync.Mutex           // held for a whole round; guards the maps
 	backoff   map[string]time.Time // target proxy -> not before
 	movedAt   map[string]time.Time // connection id (the moved one's new id) -> when
+	pending   map[string]time.Time // pending move -> when this leader first saw it
 	finished  map[string]bool      // moves already accounted for
 	lastRound time.Time
 	imbalance float64
@@ -97,7 +100,7 @@ func (r *rebalancer) lastImbalance() float64 {
 
 func newRebalancer(n *Node, cfg RebalanceConfig) *rebalancer {
 	return &rebalancer{n: n, cfg: cfg, trigger: make(chan struct{}, 1),
-		backoff: map[string]time.Time{}, movedAt: map[string]time.Time{}, finished: map[string]bool{}}
+		backoff: map[string]time.Time{}, movedAt: map[string]time.Time{}, pending: map[string]time.Time{}, finished: map[string]bool{}}
 }
 
 // kick asks for a round soon.
@@ -162,7 +165,7 @@ func (r *rebalancer) round(ctx context.Context, dryRun bool) ([]*berthv1.Move, e
 	if !r.n.IsLeader() {
 		return nil, r.n.notLeader()
 	}
-	now := r.n.clock.Now()
+	now, mono := r.n.clock.Now(), r.n.clock.Monotonic()
 	var (
 		proxies []*berthv1.Proxy
 		conns   []*berthv1.Connection
@@ -174,17 +177,17 @@ func (r *rebalancer) round(ctx context.Context, dryRun bool) ([]*berthv1.Move, e
 		moves, _ = s.ListMoves(fsm.MoveFilter{}, "", 0)
 	})
 	if !dryRun {
-		r.expire(ctx, moves, now)
+		r.expire(ctx, moves, now, mono)
 	}
-	view := r.view(proxies, conns, moves, now)
+	view := r.view(proxies, conns, moves, now, mono)
 	limits := r.cfg.Limits
 	if !dryRun {
-		elapsed := now.Sub(r.lastRound)
+		elapsed := mono.Sub(r.lastRound)
 		if r.lastRound.IsZero() || elapsed > r.cfg.Interval {
 			elapsed = r.cfg.Interval
 		}
 		limits.MaxPerPlan = min(limits.MaxPerPlan, max(1, int(r.cfg.MovesPerSecond*elapsed.Seconds())))
-		r.lastRound = now
+		r.lastRound = mono
 	}
 	plan := scheduler.Plan(view, limits)
 	r.imbalance = scheduler.Imbalance(view, r.cfg.Limits)
@@ -258,11 +261,29 @@ func outOfDate(err error) bool {
 // connection's cool-down, aborted ones put their target in back-off.
 // ACCEPTED moves are left to the source proxy, which completes them by
 // closing the old connection once its streams are done.
-func (r *rebalancer) expire(ctx context.Context, moves []*berthv1.Move, now time.Time) {
+//
+// A move is overdue once it has been pending, as this leader saw it, for
+// its timeout (deadline minus creation, both stamped by the leader that
+// made it): the stamps' own clock is never compared with this one, so a
+// stepped clock on either neither aborts moves early nor keeps them
+// forever. A move inherited from an earlier leader counts from when this
+// one first saw it.
+func (r *rebalancer) expire(ctx context.Context, moves []*berthv1.Move, now, mono time.Time) {
+	stillPending := make(map[string]bool, len(r.pending))
 	for _, m := range moves {
 		switch m.State {
 		case berthv1.MoveState_MOVE_STATE_PENDING:
-			if now.UnixMilli() <= m.DeadlineUnixMs {
+			stillPending[m.Id] = true
+			first, ok := r.pending[m.Id]
+			if !ok {
+				first = mono
+				r.pending[m.Id] = first
+			}
+			timeout := time.Duration(m.DeadlineUnixMs-m.CreatedUnixMs) * time.Millisecond
+			if timeout <= 0 || timeout > r.cfg.MoveTimeout {
+				timeout = r.cfg.MoveTimeout
+			}
+			if mono.Sub(first) <= timeout {
 				continue
 			}
 			cmd := &berthv1.Command{NowUnixMs: now.UnixMilli(), Kind: &berthv1.Command_UpdateMove{UpdateMove: &berthv1.UpdateMoveCommand{
@@ -276,20 +297,29 @@ func (r *rebalancer) expire(ctx context.Context, moves []*berthv1.Move, now time
 			}
 			r.finished[m.Id] = true
 			if m.State == berthv1.MoveState_MOVE_STATE_COMPLETED {
-				r.movedAt[m.NewConnectionId] = now
+				r.movedAt[m.NewConnectionId] = mono
 				r.n.metrics.moves.WithLabelValues("completed", m.Reason).Inc()
 				r.n.metrics.moveDuration.Observe(now.Sub(time.UnixMilli(m.CreatedUnixMs)).Seconds())
 			} else {
-				r.backoff[m.ToProxyId] = now.Add(r.cfg.TargetBackoff)
+				r.backoff[m.ToProxyId] = mono.Add(r.cfg.TargetBackoff)
 				r.n.metrics.moves.WithLabelValues("aborted", m.Reason).Inc()
 			}
+		}
+	}
+	for id := range r.pending {
+		if !stillPending[id] {
+			delete(r.pending, id)
 		}
 	}
 }
 
 // view is what the planner sees: the registry plus the leader's memory of
 // heartbeats, back-offs and recent moves.
-func (r *rebalancer) view(proxies []*berthv1.Proxy, conns []*berthv1.Connection, moves []*berthv1.Move, now time.Time) scheduler.View {
+//
+// The view's clock is the wall clock (now), since connections' and moves'
+// stamps come from the log; this leader's own monotonic times (mono) are
+// carried into it as offsets from now.
+func (r *rebalancer) view(proxies []*berthv1.Proxy, conns []*berthv1.Connection, moves []*berthv1.Move, now, mono time.Time) scheduler.View {
 	seen, _ := r.n.beats.view()
 	samples := map[string]*berthv1.LoadSample{}
 	for _, s := range r.n.beats.load() {
@@ -300,8 +330,10 @@ func (r *rebalancer) view(proxies []*berthv1.Proxy, conns []*berthv1.Connection,
 		last, ok := seen[p.Id]
 		pv := scheduler.ProxyView{
 			ID: p.Id, Region: p.Region, Zone: p.Zone, Weight: p.CapacityWeight, Status: p.Status,
-			Fresh:        ok && now.Sub(last) <= r.n.cfg.Heartbeat.UnhealthyAfter,
-			BackoffUntil: r.backoff[p.Id],
+			Fresh: ok && mono.Sub(last) <= r.n.cfg.Heartbeat.UnhealthyAfter,
+		}
+		if until, ok := r.backoff[p.Id]; ok {
+			pv.BackoffUntil = now.Add(until.Sub(mono))
 		}
 		if s := samples[p.Id]; s != nil {
 			pv.CPUMillicores, pv.MemoryBytes = s.CpuMillicores, s.MemoryBytes
@@ -318,7 +350,10 @@ func (r *rebalancer) view(proxies []*berthv1.Proxy, conns []*berthv1.Connection,
 		}
 	}
 	for _, c := range conns {
-		last := r.movedAt[c.Id]
+		var last time.Time
+		if t, ok := r.movedAt[c.Id]; ok {
+			last = now.Add(-mono.Sub(t))
+		}
 		if t, ok := arrived[c.Id]; ok && t.After(last) {
 			last = t
 		}

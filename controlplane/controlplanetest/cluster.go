@@ -33,6 +33,8 @@ type Options struct {
 	Configure func(i int, cfg *controlplane.Config)
 	// Clock for every node (nil: wall clock).
 	Clock controlplane.Clock
+	// ClockFor, when set, gives node i its own clock instead.
+	ClockFor func(i int) controlplane.Clock
 	// Logs go to t.Log (shown on failure) when true; discarded otherwise.
 	Logs bool
 	// LogStore, when set, wraps node i's Raft log store each time it
@@ -143,6 +145,9 @@ func (c *Cluster) Start(i int) *controlplane.Node {
 			return err
 		}
 		deps := controlplane.Deps{Clock: c.opts.Clock, Network: c.Network.For(cfg.ID), GRPCListener: ln}
+		if c.opts.ClockFor != nil {
+			deps.Clock = c.opts.ClockFor(i)
+		}
 		if c.opts.LogStore != nil {
 			deps.WrapLogStore = func(s raft.LogStore) raft.LogStore { return c.opts.LogStore(i, s) }
 		}
