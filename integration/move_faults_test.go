@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,6 +39,22 @@ func TestFaultsDuringMoves(t *testing.T) {
 		}},
 		{"control-plane leader killed", func(t *testing.T, e *dataplanetest.Env, _ []*agent.Agent) int {
 			e.CP.Stop(e.CP.Leader())
+			return 6
+		}},
+		// Issue 13, scenario 2 from the data plane's side (the e2e
+		// TestRobustnessAllNodesKilledAtOnce checks the registry's
+		// durability under kill -9): the proxies lose every node at once
+		// mid-move and must reconcile with the restarted cluster.
+		{"whole control plane stopped at once and restarted", func(t *testing.T, e *dataplanetest.Env, _ []*agent.Agent) int {
+			var wg sync.WaitGroup
+			for i := range e.CP.Len() {
+				wg.Go(func() { e.CP.Stop(i) })
+			}
+			wg.Wait()
+			time.Sleep(time.Second) // the proxies notice and retry
+			for i := range e.CP.Len() {
+				e.CP.Start(i)
+			}
 			return 6
 		}},
 	}
