@@ -112,14 +112,18 @@ func flagNames(fs *pflag.FlagSet) []string {
 	return out
 }
 
-// Logger is the JSON slog logger every daemon writes to stderr, at level
-// ("debug", "info", "warn" or "error").
-func Logger(level string) (*slog.Logger, error) {
+// Logger is the JSON slog logger every daemon writes to w, at level
+// ("debug", "info", "warn" or "error"). Lines below warn are held up to
+// logFlushInterval and written together; close the returned io.Closer to
+// write the last of them.
+func Logger(w io.Writer, level string) (*slog.Logger, io.Closer, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log-level: %w", err)
+		return nil, nil, fmt.Errorf("log-level: %w", err)
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
+	out := newBufferedOutput(w, logFlushInterval)
+	h := flushingHandler{Handler: slog.NewJSONHandler(out, &slog.HandlerOptions{Level: lvl}), out: out}
+	return slog.New(h), out, nil
 }
 
 // Run is a daemon's life: it adds --config and --log-level to fs, loads
@@ -131,10 +135,11 @@ func Run(fs *pflag.FlagSet, args []string, envPrefix string, start func(*slog.Lo
 	if err := Load(fs, args, envPrefix, "config"); err != nil {
 		return err
 	}
-	logger, err := Logger(*level)
+	logger, logs, err := Logger(os.Stderr, *level)
 	if err != nil {
 		return err
 	}
+	defer func() { _ = logs.Close() }()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	svc, err := start(logger)
