@@ -3,8 +3,8 @@ package peer
 import (
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
+	"github.com/spf13/pflag"
 	"time"
 
 	"github.com/berthhq/berth/dataplane/tunnel"
@@ -71,7 +71,7 @@ func (c Config) Validate() error {
 
 // RegisterFlags binds the tunable fields to fs; values already in c are
 // the defaults. SelfID, TLS and Tunnel come from the proxy's own flags.
-func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.BackoffBase, "peer-backoff-base", c.BackoffBase, "back-off after a failed peer dial; doubles per failure, with jitter")
 	fs.DurationVar(&c.BackoffMax, "peer-backoff-max", c.BackoffMax, "longest back-off between peer dials")
 	fs.DurationVar(&c.HeartbeatInterval, "peer-heartbeat-interval", c.HeartbeatInterval, "how often each peer link is pinged")

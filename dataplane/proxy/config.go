@@ -209,6 +209,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.TunnelBurst, "tunnel-burst", c.TunnelBurst, "burst of new tunnels from one source address")
 	fs.StringVar(&c.AgentKeys, "agent-keys", c.AgentKeys, "directory of keys agent tokens are verified with (berthctl token keygen)")
 	c.Edge.RegisterFlags(fs)
+	c.Ring.RegisterFlags(fs)
+	c.Peer.RegisterFlags(fs)
 	c.ControlPlane.RegisterFlags(fs)
 }
 

@@ -2,8 +2,8 @@ package ring
 
 import (
 	"errors"
-	"flag"
 	"fmt"
+	"github.com/spf13/pflag"
 )
 
 // Ring sizes, as in gRPC's ring_hash (gRFC A42).
@@ -45,7 +45,7 @@ func (c Config) Validate() error {
 
 // RegisterFlags registers the ring flags on fs, with c's current values as
 // defaults. Call it on Default() before fs.Parse.
-func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.MinRingSize, "ring-min-size", c.MinRingSize, "minimum ring-hash entries per endpoint (scaled by the lightest connection's share)")
 	fs.IntVar(&c.MaxRingSize, "ring-max-size", c.MaxRingSize, "maximum ring-hash entries per endpoint")
 }

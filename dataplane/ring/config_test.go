@@ -1,7 +1,7 @@
 package ring
 
 import (
-	"flag"
+	"github.com/spf13/pflag"
 	"testing"
 )
 
@@ -37,7 +37,7 @@ func TestConfigDefault(t *testing.T) {
 
 func TestConfigFlags(t *testing.T) {
 	cfg := Default()
-	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
 	cfg.RegisterFlags(fs)
 	if err := fs.Parse([]string{"--ring-min-size=64", "--ring-max-size=512"}); err != nil {
 		t.Fatal(err)
