@@ -85,7 +85,7 @@ func Default() Config {
 		Addrs:            []string{DefaultAddr},
 		DialTimeout:      5 * time.Second,
 		CallTimeout:      10 * time.Second,
-		Retries:          2,
+		Retries:          5,
 		BackoffBase:      100 * time.Millisecond,
 		BackoffMax:       2 * time.Second,
 		KeepaliveTime:    30 * time.Second,
