@@ -117,7 +117,9 @@ func (f *forwarder) send(batch []*forward) {
 			continue
 		}
 		live = append(live, fw)
-		if d, ok := fw.ctx.Deadline(); !ok || d.After(deadline) {
+		// Apply gives every write a deadline; one without falls back to
+		// the apply timeout below.
+		if d, ok := fw.ctx.Deadline(); ok && d.After(deadline) {
 			deadline = d
 		}
 	}
@@ -139,10 +141,10 @@ func (f *forwarder) send(batch []*forward) {
 		fail(err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(f.n.ctx, f.n.cfg.ApplyLimit.Timeout)
-	if !deadline.IsZero() {
-		ctx, cancel = context.WithDeadline(f.n.ctx, deadline)
+	if deadline.IsZero() {
+		deadline = time.Now().Add(f.n.cfg.ApplyLimit.Timeout)
 	}
+	ctx, cancel := context.WithDeadline(f.n.ctx, deadline)
 	defer cancel()
 	cmds := make([]*berthv1.Command, len(live))
 	for i, fw := range live {
