@@ -197,7 +197,7 @@ func newRaft(cfg *Config, machine raft.FSM, ln net.Listener, network Network, wr
 		_ = bolt.Close()
 		return nil, nil, fmt.Errorf("raft log cache: %w", err)
 	}
-	r, err := raft.NewRaft(rc, machine, logs, bolt, snaps, transport)
+	r, err := raft.NewRaft(rc, machine, logs, bolt, snaps, pipelinedTransport{transport})
 	if err != nil {
 		_ = transport.Close()
 		_ = bolt.Close()
