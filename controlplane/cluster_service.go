@@ -115,7 +115,7 @@ func (s *clusterServer) ReportLoad(_ context.Context, req *berthv1.ReportLoadReq
 	if !s.n.IsLeader() {
 		return nil, toStatus(s.n.notLeader())
 	}
-	now := s.n.clock.Now()
+	now := s.n.clock.Monotonic()
 	for _, sample := range req.Samples {
 		if err := fsm.ValidateID("proxy id", sample.GetProxyId()); err != nil {
 			return nil, toStatus(err)

@@ -88,6 +88,7 @@ type rebalancer struct {
 	movedAt   map[string]time.Time // connection id (the moved one's new id) -> when
 	pending   map[string]time.Time // pending move -> when this leader first saw it
 	finished  map[string]bool      // moves already accounted for
+	primed    bool                 // the moves finished before this term are in finished
 	lastRound time.Time
 	imbalance float64
 }
@@ -296,6 +297,12 @@ func (r *rebalancer) expire(ctx context.Context, moves []*berthv1.Move, now, mon
 				continue
 			}
 			r.finished[m.Id] = true
+			if !r.primed {
+				// Finished before this leader's term: history, not news.
+				// Its cool-down is in the view (arrived); back-offs were
+				// the old leader's and end with its term.
+				continue
+			}
 			if m.State == berthv1.MoveState_MOVE_STATE_COMPLETED {
 				r.movedAt[m.NewConnectionId] = mono
 				r.n.metrics.moves.WithLabelValues("completed", m.Reason).Inc()
@@ -311,6 +318,7 @@ func (r *rebalancer) expire(ctx context.Context, moves []*berthv1.Move, now, mon
 			delete(r.pending, id)
 		}
 	}
+	r.primed = true
 }
 
 // view is what the planner sees: the registry plus the leader's memory of

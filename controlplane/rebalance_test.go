@@ -180,3 +180,49 @@ func TestStaleLeaderSchedulesNothing(t *testing.T) {
 		}
 	}
 }
+
+// A new leader does not take the moves that finished before its term for
+// news: an old abort puts no target in back-off (the soak saw drains stall
+// after every leader change).
+func TestNewLeaderIgnoresMovesFinishedBeforeItsTerm(t *testing.T) {
+	c := controlplanetest.MakeCluster(t, 3, controlplanetest.Options{Configure: func(_ int, cfg *controlplane.Config) {
+		cfg.Rebalance.Enabled = false // only on request here
+		cfg.Rebalance.Limits.MinAge = 0
+		cfg.Rebalance.TargetBackoff = time.Hour
+		cfg.Heartbeat.Grace = time.Hour
+	}})
+	l := c.Leader()
+	imbalanced(t, c, l, 10)
+	if err := reportLoad(t, c, l); err != nil {
+		t.Fatal(err)
+	}
+	first, err := c.Admin(l).Rebalance(ctxT(t), &berthv1.RebalanceRequest{})
+	if err != nil || len(first.Moves) == 0 {
+		t.Fatalf("first rebalance: %v %v", first, err)
+	}
+	for _, m := range first.Moves {
+		cmd := &berthv1.Command{Kind: &berthv1.Command_UpdateMove{UpdateMove: &berthv1.UpdateMoveCommand{
+			MoveId: m.Id, State: berthv1.MoveState_MOVE_STATE_ABORTED, AbortReason: "test"}}}
+		if _, err := c.Node(l).Apply(ctxT(t), cmd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := (l + 1) % 3
+	controlplanetest.Eventually(t, 20*time.Second, func() error {
+		if c.Leader() == next {
+			return nil
+		}
+		_, err := c.Admin(c.Leader()).TransferLeadership(ctxT(t), &berthv1.TransferLeadershipRequest{ServerId: c.Node(next).ID()})
+		return fmt.Errorf("leader is %d (transfer: %v)", c.Leader(), err)
+	})
+	if err := reportLoad(t, c, next); err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.Admin(next).Rebalance(ctxT(t), &berthv1.RebalanceRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Moves) == 0 {
+		t.Fatal("the new leader planned nothing: it backed off a target for an abort from before its term")
+	}
+}
