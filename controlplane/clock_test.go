@@ -27,6 +27,7 @@ func TestClockStepsNeitherDownLiveProxiesNorKeepDeadOnesUp(t *testing.T) {
 	leader := c.Leader()
 	register(t, c, leader, "live")
 	register(t, c, leader, "silent")
+	c.WaitApplied() // the session's node checks the registration on its own replica
 	s := openSession(t, c, follower(c), "live")
 	go func() { // the session's updates are not needed; keep the stream moving
 		for {
