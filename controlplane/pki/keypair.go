@@ -27,9 +27,7 @@ type KeyPair struct {
 	seen    [2]os.FileInfo
 	lastErr string
 
-	stop      chan struct{}
-	done      chan struct{}
-	closeOnce sync.Once
+	poll *poller
 }
 
 // NewKeyPair loads certFile (PEM, leaf first, then intermediates) and
@@ -44,11 +42,11 @@ func NewKeyPair(certFile, keyFile string, interval time.Duration, logger *slog.L
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	k := &KeyPair{cert: certFile, key: keyFile, logger: logger, stop: make(chan struct{}), done: make(chan struct{})}
+	k := &KeyPair{cert: certFile, key: keyFile, logger: logger}
 	if err := k.check(true); err != nil {
 		return nil, err
 	}
-	go k.watch(interval)
+	k.poll = startPoller(interval, func() { _ = k.check(false) })
 	return k, nil
 }
 
@@ -61,26 +59,7 @@ func (k *KeyPair) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
 func (k *KeyPair) Reload() error { return k.check(true) }
 
 // Close stops watching the files.
-func (k *KeyPair) Close() {
-	k.closeOnce.Do(func() {
-		close(k.stop)
-		<-k.done
-	})
-}
-
-func (k *KeyPair) watch(interval time.Duration) {
-	defer close(k.done)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-k.stop:
-			return
-		case <-t.C:
-			_ = k.check(false)
-		}
-	}
-}
+func (k *KeyPair) Close() { k.poll.Close() }
 
 func (k *KeyPair) check(force bool) error {
 	k.mu.Lock()

@@ -78,9 +78,7 @@ type Reloader struct {
 	seen    [3]os.FileInfo
 	lastErr string
 
-	stop      chan struct{}
-	done      chan struct{}
-	closeOnce sync.Once
+	poll *poller
 }
 
 // NewReloader loads f (all three files must be set and good) and starts
@@ -102,8 +100,6 @@ func newReloader(f Files, logger *slog.Logger, interval time.Duration) (*Reloade
 	r := &Reloader{
 		files:  f,
 		logger: logger.With("subsystem", "tls"),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
 	}
 	seen, err := r.stat()
 	if err != nil {
@@ -116,32 +112,13 @@ func newReloader(f Files, logger *slog.Logger, interval time.Duration) (*Reloade
 	r.seen = seen
 	r.cur.Store(m)
 	r.logger.Info("TLS material loaded", r.attrs(m)...)
-	go r.watch(interval)
+	r.poll = startPoller(interval, func() { _ = r.check(false) })
 	return r, nil
 }
 
 // Close stops watching the files. Configs already handed out keep serving
 // the last material.
-func (r *Reloader) Close() {
-	r.closeOnce.Do(func() {
-		close(r.stop)
-		<-r.done
-	})
-}
-
-func (r *Reloader) watch(interval time.Duration) {
-	defer close(r.done)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-r.stop:
-			return
-		case <-t.C:
-			_ = r.check(false)
-		}
-	}
-}
+func (r *Reloader) Close() { r.poll.Close() }
 
 // Reload re-reads the files now, changed or not. On error the previous
 // material stays in use and the error is returned (and logged).
