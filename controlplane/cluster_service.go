@@ -32,13 +32,9 @@ func (s *clusterServer) Apply(ctx context.Context, req *berthv1.ApplyRequest) (*
 	if !s.n.IsLeader() {
 		return nil, toStatus(s.n.notLeader())
 	}
-	// Refusals travel in the result, so the follower sees the same code.
-	if err := fsm.ValidateCommand(req.Command); err != nil {
-		return &berthv1.ApplyResponse{Result: &berthv1.CommandResult{Code: fsm.ResultCode(err), Message: err.Error()}}, nil
-	}
-	data, err := fsm.Encode(req.Command)
-	if err != nil {
-		return &berthv1.ApplyResponse{Result: &berthv1.CommandResult{Code: fsm.ResultCode(err), Message: err.Error()}}, nil
+	data, refused := prepareForwarded(req.Command)
+	if refused != nil {
+		return &berthv1.ApplyResponse{Result: refused}, nil
 	}
 	res, err := s.n.applyLocal(ctx, req.Command, data)
 	if err != nil {
@@ -48,6 +44,20 @@ func (s *clusterServer) Apply(ctx context.Context, req *berthv1.ApplyRequest) (*
 		return nil, toStatus(err)
 	}
 	return &berthv1.ApplyResponse{Result: res}, nil
+}
+
+// prepareForwarded validates and encodes a command a follower forwarded.
+// A refusal is returned as a result, so the follower sees the same code.
+func prepareForwarded(cmd *berthv1.Command) ([]byte, *berthv1.CommandResult) {
+	err := fsm.ValidateCommand(cmd)
+	var data []byte
+	if err == nil {
+		data, err = fsm.Encode(cmd)
+	}
+	if err != nil {
+		return nil, &berthv1.CommandResult{Code: fsm.ResultCode(err), Message: err.Error()}
+	}
+	return data, nil
 }
 
 func (s *clusterServer) ApplyBatch(ctx context.Context, req *berthv1.ApplyBatchRequest) (*berthv1.ApplyBatchResponse, error) {
@@ -62,14 +72,9 @@ func (s *clusterServer) ApplyBatch(ctx context.Context, req *berthv1.ApplyBatchR
 	var datas [][]byte
 	var slots []int // index in results of each proposed command
 	for i, cmd := range req.Commands {
-		// Refusals travel in the result, so the follower sees the same code.
-		err := fsm.ValidateCommand(cmd)
-		var data []byte
-		if err == nil {
-			data, err = fsm.Encode(cmd)
-		}
-		if err != nil {
-			results[i] = &berthv1.CommandResult{Code: fsm.ResultCode(err), Message: err.Error()}
+		data, refused := prepareForwarded(cmd)
+		if refused != nil {
+			results[i] = refused
 			continue
 		}
 		cmds, datas, slots = append(cmds, cmd), append(datas, data), append(slots, i)

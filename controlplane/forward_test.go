@@ -98,3 +98,27 @@ func TestApplyBatchAnswersInOrder(t *testing.T) {
 		t.Fatalf("empty batch: %v, want InvalidArgument", err)
 	}
 }
+
+// The unary Apply, which followers of earlier releases still send during a
+// rolling upgrade, is served as before: a result, a refusal in the result,
+// not-leader from a follower.
+func TestUnaryApplyStillServed(t *testing.T) {
+	c := controlplanetest.MakeCluster(t, 3, controlplanetest.Options{})
+	cmd := &berthv1.Command{NowUnixMs: 1, RequestId: []byte("u1"),
+		Kind: &berthv1.Command_RegisterProxy{RegisterProxy: &berthv1.RegisterProxyCommand{Proxy: testProxy("u1")}}}
+	leader := berthv1.NewClusterServiceClient(c.Conn(c.Leader()))
+	resp, err := leader.Apply(ctxT(t), &berthv1.ApplyRequest{Command: cmd})
+	if err != nil || resp.Result.Code != berthv1.ResultCode_RESULT_CODE_OK || resp.Result.Index == 0 {
+		t.Fatalf("apply: %v %v", resp, err)
+	}
+	bad := &berthv1.Command{NowUnixMs: 1, RequestId: []byte("u2"),
+		Kind: &berthv1.Command_RegisterProxy{RegisterProxy: &berthv1.RegisterProxyCommand{Proxy: &berthv1.Proxy{Id: "not a valid id!"}}}}
+	resp, err = leader.Apply(ctxT(t), &berthv1.ApplyRequest{Command: bad})
+	if err != nil || resp.Result.Code != berthv1.ResultCode_RESULT_CODE_INVALID_ARGUMENT {
+		t.Fatalf("invalid command: %v %v", resp, err)
+	}
+	_, err = berthv1.NewClusterServiceClient(c.Conn(follower(c))).Apply(ctxT(t), &berthv1.ApplyRequest{Command: cmd})
+	if _, ok := client.AsNotLeader(err); !ok {
+		t.Fatalf("follower answered %v, want not leader", err)
+	}
+}

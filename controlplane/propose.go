@@ -43,23 +43,11 @@ func newProposer(n *Node) *proposer {
 
 // propose queues cmd (data is its encoding) and waits for its result.
 func (p *proposer) propose(ctx context.Context, cmd *berthv1.Command, data []byte) (*berthv1.CommandResult, error) {
-	pr := &proposal{cmd: cmd, data: data, done: make(chan proposalResult, 1)}
-	select {
-	case p.queue <- pr:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("queueing proposal: %w", ctx.Err())
-	case <-p.n.ctx.Done():
-		return nil, ErrShutdown
+	res, err := p.proposeAll(ctx, []*berthv1.Command{cmd}, [][]byte{data})
+	if err != nil {
+		return nil, err
 	}
-	select {
-	case r := <-pr.done:
-		return r.res, r.err
-	case <-ctx.Done():
-		// Queued or appended: it may still commit.
-		return nil, fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())
-	case <-p.n.ctx.Done():
-		return nil, ErrShutdown
-	}
+	return res[0], nil
 }
 
 // proposeAll queues cmds in order (datas are their encodings), so they

@@ -37,6 +37,8 @@ const (
 type ClusterServiceClient interface {
 	// Apply proposes a command on the leader. A non-leader answers
 	// Unavailable with a NOT_LEADER ErrorInfo naming the leader's address.
+	// Followers now send ApplyBatch; Apply stays for followers of earlier
+	// releases during a rolling upgrade.
 	Apply(ctx context.Context, in *ApplyRequest, opts ...grpc.CallOption) (*ApplyResponse, error)
 	// ApplyBatch proposes several commands on the leader in one call: a
 	// follower coalesces the writes that arrive while its earlier forwards are
@@ -146,6 +148,8 @@ func (c *clusterServiceClient) GetLoad(ctx context.Context, in *GetLoadRequest, 
 type ClusterServiceServer interface {
 	// Apply proposes a command on the leader. A non-leader answers
 	// Unavailable with a NOT_LEADER ErrorInfo naming the leader's address.
+	// Followers now send ApplyBatch; Apply stays for followers of earlier
+	// releases during a rolling upgrade.
 	Apply(context.Context, *ApplyRequest) (*ApplyResponse, error)
 	// ApplyBatch proposes several commands on the leader in one call: a
 	// follower coalesces the writes that arrive while its earlier forwards are
