@@ -389,17 +389,15 @@ func (a *adminServer) TransferLeadership(ctx context.Context, req *berthv1.Trans
 	if fwd != nil {
 		return fwd.TransferLeadership(ctx, req)
 	}
-	var f raft.Future
-	if req.ServerId == "" {
-		f = a.n.raft.LeadershipTransfer()
-	} else {
+	transfer := a.n.raft.LeadershipTransfer
+	if req.ServerId != "" {
 		addr, err := a.n.memberAddress(req.ServerId)
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		f = a.n.raft.LeadershipTransferToServer(raft.ServerID(req.ServerId), addr)
+		transfer = func() raft.Future { return a.n.raft.LeadershipTransferToServer(raft.ServerID(req.ServerId), addr) }
 	}
-	if err := f.Error(); err != nil {
+	if err := a.n.ops.await(transfer); err != nil {
 		return nil, toStatus(fmt.Errorf("leadership transfer: %w", err))
 	}
 	_, id := a.n.raft.LeaderWithID()

@@ -202,18 +202,19 @@ func (n *Node) addServer(ctx context.Context, srv *berthv1.Server, nonvoter bool
 			return n.upsertServer(ctx, srv) // already a member: refresh metadata
 		}
 		if string(s.ID) == srv.Id || string(s.Address) == srv.RaftAddress {
-			if err := n.raft.RemoveServer(s.ID, 0, n.cfg.ApplyLimit.Timeout).Error(); err != nil {
+			if err := n.ops.await(func() raft.Future { return n.raft.RemoveServer(s.ID, 0, n.cfg.ApplyLimit.Timeout) }); err != nil {
 				return fmt.Errorf("replace member %s: %w", s.ID, err)
 			}
 		}
 	}
-	var fut raft.IndexFuture
+	add := n.raft.AddVoter
 	if nonvoter {
-		fut = n.raft.AddNonvoter(raft.ServerID(srv.Id), raft.ServerAddress(srv.RaftAddress), 0, n.cfg.ApplyLimit.Timeout)
-	} else {
-		fut = n.raft.AddVoter(raft.ServerID(srv.Id), raft.ServerAddress(srv.RaftAddress), 0, n.cfg.ApplyLimit.Timeout)
+		add = n.raft.AddNonvoter
 	}
-	if err := fut.Error(); err != nil {
+	err := n.ops.await(func() raft.Future {
+		return add(raft.ServerID(srv.Id), raft.ServerAddress(srv.RaftAddress), 0, n.cfg.ApplyLimit.Timeout)
+	})
+	if err != nil {
 		return fmt.Errorf("add member %s: %w", srv.Id, err)
 	}
 	n.logger.Info("added server", "id", srv.Id, "raft", srv.RaftAddress, "nonvoter", nonvoter)
@@ -245,13 +246,14 @@ func (n *Node) removeServer(ctx context.Context, id string) error {
 	if !found {
 		return fmt.Errorf("%w: server %q is not a member", fsm.ErrNotFound, id)
 	}
-	if err := n.raft.RemoveServer(raft.ServerID(id), 0, n.cfg.ApplyLimit.Timeout).Error(); err != nil {
+	err := n.ops.await(func() raft.Future { return n.raft.RemoveServer(raft.ServerID(id), 0, n.cfg.ApplyLimit.Timeout) })
+	if err != nil {
 		return fmt.Errorf("remove member %s: %w", id, err)
 	}
 	n.logger.Info("removed server", "id", id)
 	if id == n.cfg.ID {
 		return nil // we stepped down; the next leader may clean the metadata
 	}
-	_, err := n.Apply(ctx, &berthv1.Command{Kind: &berthv1.Command_RemoveServer{RemoveServer: &berthv1.RemoveServerCommand{ServerId: id}}})
+	_, err = n.Apply(ctx, &berthv1.Command{Kind: &berthv1.Command_RemoveServer{RemoveServer: &berthv1.RemoveServerCommand{ServerId: id}}})
 	return err
 }

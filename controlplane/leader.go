@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/berthhq/berth/fsm"
@@ -95,7 +96,7 @@ func (n *Node) startLeader() func() {
 func (n *Node) runLeader(ctx context.Context) {
 	term := n.raft.CurrentTerm()
 	for {
-		err := n.raft.Barrier(n.cfg.ApplyLimit.Timeout).Error()
+		err := n.ops.await(func() raft.Future { return n.raft.Barrier(n.cfg.ApplyLimit.Timeout) })
 		if err == nil {
 			break
 		}

@@ -101,6 +101,7 @@ type Node struct {
 	leaderNotify chan bool
 	lead         leaderState
 	reb          atomic.Pointer[rebalancer] // this term's planner runner while leading
+	ops          raftOps                    // Raft calls in flight, waited for before shutdown
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -321,6 +322,11 @@ func (n *Node) leader() (id, grpcAddr string) {
 	return id, grpcAddr
 }
 
+// raftOpsDrain bounds how long Close waits for Raft operations in flight.
+// A leader that lost its quorum fails them within its lease, so this is
+// only reached if Raft itself is stuck.
+const raftOpsDrain = 10 * time.Second
+
 // Close stops serving, shuts Raft down and releases the data dir. A closed
 // node can be started again with New on the same data dir.
 func (n *Node) Close() error {
@@ -328,6 +334,9 @@ func (n *Node) Close() error {
 		n.logger.Info("control-plane node stopping")
 		n.health.Shutdown()
 		n.cancel()
+		if !n.ops.close(raftOpsDrain) {
+			n.logger.Warn("Raft operations still running at shutdown", "waited", raftOpsDrain)
+		}
 		stopped := make(chan struct{})
 		go func() { n.grpcServer.GracefulStop(); close(stopped) }()
 		select {

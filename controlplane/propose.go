@@ -129,9 +129,15 @@ func (p *proposer) submit(batch []*proposal) {
 		}
 		p.n.metrics.batchSize.Observe(float64(len(batch)))
 	}
+	if !p.n.ops.enter() {
+		finish(batch, nil, ErrShutdown)
+		return
+	}
 	f := p.n.raft.Apply(data, p.n.cfg.ApplyLimit.Timeout)
 	go func() {
-		if err := f.Error(); err != nil {
+		err := f.Error()
+		p.n.ops.leave()
+		if err != nil {
 			if errors.Is(err, raft.ErrLeadershipLost) {
 				err = fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
 			}

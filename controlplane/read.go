@@ -82,7 +82,7 @@ func (n *Node) localReadIndex(ctx context.Context, verify bool) (uint64, error) 
 	if !verify {
 		return n.fsm.AppliedIndex(), nil
 	}
-	if err := n.raft.VerifyLeader().Error(); err != nil {
+	if err := n.ops.await(n.raft.VerifyLeader); err != nil {
 		return 0, fmt.Errorf("verify leadership: %w", err)
 	}
 	if err := n.lead.waitReady(ctx, n.raft.CurrentTerm()); err != nil {
