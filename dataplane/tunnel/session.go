@@ -85,14 +85,14 @@ func newSession(conn net.Conn, dialer bool, cfg Config) (*Session, error) {
 		mux *yamux.Session
 		err error
 	)
-	wire := &coalescingConn{Conn: conn}
+	wire := newBatchingConn(conn)
 	if dialer {
 		mux, err = yamux.Client(wire, cfg.yamux())
 	} else {
 		mux, err = yamux.Server(wire, cfg.yamux())
 	}
 	if err != nil {
-		_ = conn.Close()
+		_ = wire.Close()
 		return nil, fmt.Errorf("tunnel: start session: %w", err)
 	}
 	s := &Session{cfg: cfg, conn: conn, mux: mux}
