@@ -179,6 +179,12 @@ func newRaft(cfg *Config, machine raft.FSM, ln net.Listener, network Network, wr
 	rc.MaxAppendEntries = cfg.Raft.MaxAppendEntries
 	// Group concurrent proposals into one log append (and one fsync).
 	rc.BatchApplyCh = true
+	// A member removed from the configuration stays up as a follower
+	// outside it, failing what it is asked with "not leader", rather than
+	// shutting Raft down under the node: a Raft that shuts itself down
+	// drops the futures still queued in its channels, so their callers
+	// (and Close, which waits for them) would wait for ever.
+	rc.ShutdownOnRemove = false
 	rc.NotifyCh = notify
 	if err := raft.ValidateConfig(rc); err != nil {
 		_ = transport.Close()
