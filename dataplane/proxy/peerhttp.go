@@ -2,91 +2,36 @@ package proxy
 
 import (
 	"context"
-	"errors"
-	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 )
 
-// peerHTTP serves HTTP that peers forward: their streams are handed to an
-// http.Server through an in-memory listener, and each request on them is
-// routed on its own to a local connection, so keep-alive peer streams do
-// not pin a connection (draining one is not held up by an idle stream).
+// peerHTTP serves HTTP that peers forward: each peer stream is served on
+// the goroutine that accepted it, and each request on it is routed on its
+// own to a local connection, so keep-alive peer streams do not pin a
+// connection (draining one is not held up by an idle stream).
 type peerHTTP struct {
-	ln  *connListener
-	srv *http.Server
-}
-
-// peerConn is a peer stream with the route its header named.
-type peerConn struct {
-	net.Conn
-	rt route
+	p   *Proxy
+	srv *h1Server
 }
 
 func newPeerHTTP(p *Proxy) *peerHTTP {
-	h := &peerHTTP{ln: &connListener{ch: make(chan net.Conn), closed: make(chan struct{})}}
-	h.srv = &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			rt, _ := r.Context().Value(routeKey{}).(route)
-			p.forward(w, r, rt)
-		}),
-		ReadHeaderTimeout: 30 * time.Second,
-		ErrorLog:          slog.NewLogLogger(p.logger.Handler(), slog.LevelDebug),
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if pc, ok := c.(*peerConn); ok {
-				return context.WithValue(ctx, routeKey{}, pc.rt)
-			}
-			return ctx
-		},
-	}
-	return h
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rt, _ := r.Context().Value(routeKey{}).(route)
+		p.forward(w, r, rt)
+	})
+	return &peerHTTP{p: p, srv: newH1Server(h, p.logger, 30*time.Second, 0)}
 }
 
-func (h *peerHTTP) run(logger *slog.Logger) {
-	if err := h.srv.Serve(h.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		logger.Error("peer http server stopped", "err", err)
-	}
+// serve serves the requests a peer sends on stream c, all for rt.
+func (h *peerHTTP) serve(c net.Conn, rt route) {
+	h.srv.ServeConn(context.WithValue(h.p.ctx, routeKey{}, rt), c)
 }
 
-// serve hands a peer stream to the server.
-func (h *peerHTTP) serve(c net.Conn) {
-	select {
-	case h.ln.ch <- c:
-	case <-h.ln.closed:
-		_ = c.Close()
-	}
-}
-
+// close closes every peer stream and waits for their requests.
 func (h *peerHTTP) close() {
-	_ = h.srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	h.srv.Shutdown(ctx)
 }
-
-// connListener is a net.Listener fed by serve.
-type connListener struct {
-	ch     chan net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func (l *connListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *connListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
-	return nil
-}
-
-func (l *connListener) Addr() net.Addr { return peerAddr{} }
-
-type peerAddr struct{}
-
-func (peerAddr) Network() string { return "berth-peer" }
-func (peerAddr) String() string  { return "peer" }

@@ -52,7 +52,8 @@ type Proxy struct {
 
 	tunnelLn, downLn, peerLn, httpLn     net.Listener
 	tunnelAddr, downstreamAddr, peerAddr string
-	downstream, admin                    *http.Server
+	downstream                           *h1Server
+	admin                                *http.Server
 	copyBufs                             copyBuffers
 	bodies                               bodyBuffers
 	access                               *accessLog      // nil: off
@@ -187,15 +188,17 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 	}
 	p.pools = newStreamPools(p)
 	p.peerHTTP = newPeerHTTP(p)
-	p.goRun(func() { p.peerHTTP.run(p.logger) })
 	if p.downstreamTLS != nil {
 		p.goRun(p.serveDownstreamTLS)
 	}
 	// No ReadTimeout or WriteTimeout: they would cut WebSockets and
 	// streamed bodies (timeouts.go).
-	p.downstream = &http.Server{Handler: p, ReadHeaderTimeout: cfg.Edge.ReadHeaderTimeout, IdleTimeout: cfg.Edge.IdleTimeout,
-		ErrorLog: slog.NewLogLogger(p.logger.Handler(), slog.LevelDebug)}
-	p.goRun(func() { serveHTTP(p.downstream, p.downLn, p.logger) })
+	p.downstream = newH1Server(p, p.logger, cfg.Edge.ReadHeaderTimeout, cfg.Edge.IdleTimeout)
+	p.goRun(func() {
+		if err := p.downstream.Serve(p.downLn); err != nil && !errors.Is(err, net.ErrClosed) {
+			p.logger.Error("downstream listener stopped", "err", err)
+		}
+	})
 	p.wsTunnels = newWSTunnels(p)
 	p.goRun(func() { serveHTTP(p.wsTunnels.srv, p.wsTunnels.ln, p.logger) })
 	p.goRun(p.acceptTunnels)
@@ -303,8 +306,8 @@ func (p *Proxy) Close() error {
 		_ = p.peerLn.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		_ = p.downstream.Shutdown(ctx)
-		_ = p.downstream.Close()
+		_ = p.downLn.Close()
+		p.downstream.Shutdown(ctx)
 		if p.downstreamTLS != nil {
 			_ = p.downstreamTLS.Shutdown(ctx)
 			_ = p.downstreamTLS.Close()

@@ -203,7 +203,7 @@ func (p *Proxy) servePeerStream(in *tunnel.Incoming, from string) {
 			return
 		}
 		p.metrics.peerStreamsServed.Inc()
-		p.peerHTTP.serve(&peerConn{Conn: down, rt: rt})
+		p.peerHTTP.serve(down, rt)
 		return
 	}
 	up, t, err := p.openStream(p.ctx, &berthv1.StreamHeader{Endpoint: hdr.Endpoint, Kind: hdr.Kind, Hops: hdr.Hops, ClientAddress: hdr.ClientAddress}, rt)

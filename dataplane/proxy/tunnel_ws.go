@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/berthhq/berth/dataplane/tunnel"
@@ -64,3 +65,32 @@ func (p *Proxy) acceptTunnel(conn net.Conn) {
 	p.metrics.tunnelTransports.WithLabelValues("tcp").Inc()
 	p.handshakeTunnel(bc)
 }
+
+// connListener is a net.Listener fed by hand: the WebSocket tunnel
+// server's connections are handed over, not accepted.
+type connListener struct {
+	ch     chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return peerAddr{} }
+
+type peerAddr struct{}
+
+func (peerAddr) Network() string { return "berth-peer" }
+func (peerAddr) String() string  { return "peer" }
