@@ -595,7 +595,7 @@ func dockerStartCluster(t *testing.T) *dockerCluster {
 		}
 	})
 	began := time.Now()
-	c.docker(append(append([]string{"build", "-q", "-t", c.image}, labels...), buildCtx)...)
+	c.docker(append(append([]string{"build", "-q", "--target", "berthd", "-t", c.image}, labels...), buildCtx)...)
 	t.Logf("built image %s in %s", c.image, time.Since(began).Round(time.Millisecond))
 
 	t.Cleanup(func() {
