@@ -5,7 +5,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"io"
 	"log/slog"
 	"os"
@@ -25,10 +24,8 @@ func main() {
 
 func run(args []string) error {
 	cfg := controlplane.Default()
-	goFlags := flag.NewFlagSet("berthd", flag.ContinueOnError)
-	cfg.RegisterFlags(goFlags)
 	fs := pflag.NewFlagSet("berthd", pflag.ContinueOnError)
-	fs.AddGoFlagSet(goFlags)
+	cfg.RegisterFlags(fs)
 	pprof := fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on --http-addr")
 	return conf.Run(fs, args, "BERTH_", func(logger *slog.Logger) (io.Closer, error) {
 		var deps controlplane.Deps
