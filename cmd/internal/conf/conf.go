@@ -31,11 +31,10 @@ import (
 // (berth-proxy and berthctl both take --addr) the variable means the same.
 const EnvPrefix = "BERTH_"
 
-// EnvHelp is the paragraph every binary's --help ends with.
+// EnvHelp and FileHelp end a daemon's --help (Daemon.Help).
 const EnvHelp = `Every flag above can also be set as BERTH_<FLAG> (upper case, '-' as '_'; shown
 as [$BERTH_...] after each flag)`
 
-// FileHelp follows EnvHelp for the binaries that take --config.
 const FileHelp = ` or as a key of the YAML file given with --config:
 the keys are the flag names (data-dir: /var/lib/berth), a list is a YAML list
 or a comma-separated string, and an unknown key is an error. A flag beats
@@ -44,8 +43,9 @@ the environment, which beats the file.`
 // LookupEnv reads an environment variable, as os.LookupEnv does.
 type LookupEnv func(string) (string, bool)
 
-// notSettings are flags no variable or file key sets.
-var notSettings = map[string]bool{"help": true, "version": true}
+// notSetting says no variable or file key sets flag name: it asks for
+// something (help, the version) rather than configuring.
+func notSetting(name string) bool { return name == "help" || name == "version" }
 
 // Load parses args into fs and then fills it from the environment and the
 // file (Fill).
@@ -68,7 +68,7 @@ func Fill(fs *pflag.FlagSet, lookup LookupEnv, fileFlag string) error {
 			set[f.Name] = true
 			return
 		}
-		if notSettings[f.Name] {
+		if notSetting(f.Name) {
 			return
 		}
 		if v, ok := lookup(EnvName(f.Name)); ok {
@@ -100,7 +100,7 @@ func EnvName(name string) string {
 // names exactly the variables Fill reads.
 func AnnotateEnv(fs *pflag.FlagSet) {
 	fs.VisitAll(func(f *pflag.Flag) {
-		if notSettings[f.Name] || strings.Contains(f.Usage, "[$"+EnvPrefix) {
+		if notSetting(f.Name) || strings.Contains(f.Usage, "[$"+EnvPrefix) {
 			return
 		}
 		f.Usage += " [$" + EnvName(f.Name) + "]"
@@ -122,7 +122,7 @@ func loadFile(fs *pflag.FlagSet, path string, set map[string]bool) error {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		if fs.Lookup(k) == nil || notSettings[k] {
+		if fs.Lookup(k) == nil || notSetting(k) {
 			return fmt.Errorf("config file %s: unknown key %q (keys are the flag names: %s)", path, k, strings.Join(flagNames(fs), ", "))
 		}
 		if set[k] {
@@ -166,7 +166,7 @@ func scalar(v any) string {
 func flagNames(fs *pflag.FlagSet) []string {
 	var out []string
 	fs.VisitAll(func(f *pflag.Flag) {
-		if !notSettings[f.Name] {
+		if !notSetting(f.Name) {
 			out = append(out, f.Name)
 		}
 	})
