@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -155,7 +156,8 @@ func TestEnvironmentReachesEachBinary(t *testing.T) {
 }
 
 // TestDaemonsWarnInsecureOnce starts each daemon in insecure mode until it
-// serves /healthz, stops it, and counts its INSECURE lines.
+// serves /healthz, reads its berth_build_info, stops it, and counts its
+// INSECURE lines.
 func TestDaemonsWarnInsecureOnce(t *testing.T) {
 	dir := build(t)
 	addrs := freeAddrs(t, 8)
@@ -196,6 +198,12 @@ func TestDaemonsWarnInsecureOnce(t *testing.T) {
 				case <-time.After(50 * time.Millisecond):
 				}
 			}
+			// The build reaches the daemon's registry.
+			metrics := get(t, "http://"+c.http+"/metrics")
+			if want := `berth_build_info{goversion="` + runtime.Version() + `",revision="`; !strings.Contains(metrics, want) ||
+				!strings.Contains(metrics, `version="`+testVersion+`"} 1`) {
+				t.Errorf("%s /metrics has no berth_build_info for %s:\n%s", c.bin, testVersion, grepLines(metrics, "build_info"))
+			}
 			if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
@@ -214,6 +222,31 @@ func TestDaemonsWarnInsecureOnce(t *testing.T) {
 			}
 		})
 	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 func healthy(addr string) bool {
