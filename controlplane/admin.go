@@ -488,6 +488,7 @@ func (n *Node) fillServerStatus(ctx context.Context, st *berthv1.ServerStatus) {
 	}
 	st.State, st.Term, st.CommitIndex = info.State, info.Term, info.CommitIndex
 	st.AppliedIndex, st.LastLogIndex, st.LastContactMs = info.AppliedIndex, info.LastLogIndex, info.LastContactMs
+	st.Build = info.Build
 	stale := time.Duration(info.LastContactMs)*time.Millisecond > 3*n.cfg.Raft.HeartbeatTimeout
 	switch {
 	case info.State == raft.Leader.String():

@@ -3,11 +3,12 @@ package controlplane
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
+
+	"github.com/spf13/pflag"
 
 	"github.com/berthhq/berth/fsm"
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
@@ -80,7 +81,7 @@ func (c BrokerConfig) Validate() error {
 
 // RegisterFlags binds c's fields to fs; values already in c are the
 // defaults.
-func (c *BrokerConfig) RegisterFlags(fs *flag.FlagSet) {
+func (c *BrokerConfig) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.BufferEvents, "broker-buffer-events", c.BufferEvents, "events kept so watchers can resume with only the gap")
 	fs.IntVar(&c.SubscriberBuffer, "broker-subscriber-buffer", c.SubscriberBuffer, "events a watcher may fall behind before it is reset")
 }

@@ -151,6 +151,7 @@ func (n *Node) nodeInfo() *berthv1.NodeInfoResponse {
 		LastLogIndex:  n.raft.LastIndex(),
 		LeaderId:      string(leaderID),
 		LeaderAddress: string(leaderAddr),
+		Build:         n.build,
 	}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		info.ConfiguredServers = uint32(len(f.Configuration().Servers))

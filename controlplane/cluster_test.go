@@ -62,7 +62,11 @@ func getProxy(t *testing.T, c *controlplanetest.Cluster, node int, id string, co
 }
 
 func TestElectionReplicationAndForwarding(t *testing.T) {
-	c := controlplanetest.MakeCluster(t, 3, controlplanetest.Options{})
+	// Each node runs its own build, as in a rolling upgrade.
+	build := func(i int) *berthv1.BuildInfo {
+		return &berthv1.BuildInfo{Version: fmt.Sprintf("v0.%d.0", i), Revision: fmt.Sprintf("rev%d", i), GoVersion: "go1.26.8"}
+	}
+	c := controlplanetest.MakeCluster(t, 3, controlplanetest.Options{Build: build})
 	f := follower(c)
 	// A write sent to a follower is forwarded to the leader.
 	resp := register(t, c, f, "p1")
@@ -94,6 +98,15 @@ func TestElectionReplicationAndForwarding(t *testing.T) {
 	for _, s := range st.Servers {
 		if !s.Healthy || s.GrpcAddress == "" {
 			t.Fatalf("server not healthy: %v", s)
+		}
+		// Every server reports its own build, the answering node's and
+		// its peers' (over NodeInfo) alike.
+		var i int
+		if _, err := fmt.Sscanf(s.Id, "cp%d", &i); err != nil {
+			t.Fatalf("server id %q: %v", s.Id, err)
+		}
+		if want := build(i); s.GetBuild().GetVersion() != want.Version || s.GetBuild().GetRevision() != want.Revision {
+			t.Errorf("server %s reports build %v, want %v", s.Id, s.GetBuild(), want)
 		}
 	}
 }

@@ -2,10 +2,11 @@ package controlplane
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/berthhq/berth/controlplane/discovery"
 	"github.com/berthhq/berth/controlplane/pki"
@@ -241,7 +242,7 @@ func (c HeartbeatConfig) Validate() error {
 
 // RegisterFlags binds c's fields to fs; values already in c are the
 // defaults.
-func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.ID, "id", c.ID, "node ID, stable across restarts (required)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the Raft log, stable store and snapshots (required)")
 	fs.StringVar(&c.RaftAddr, "raft-addr", c.RaftAddr, "Raft transport listen address")

@@ -67,12 +67,17 @@ type Deps struct {
 	// DebugHandlers, when set, adds handlers (the runtime's profiles) to the
 	// HTTPAddr mux; berthd sets it for --pprof.
 	DebugHandlers func(*http.ServeMux)
+	// Build is the berthd build this node reports to peers and operators
+	// (berthctl version); nil reports none. Its berth_build_info gauge goes
+	// on Registry, which the caller fills.
+	Build *berthv1.BuildInfo
 }
 
 // Node is one control-plane server: Raft, the registry FSM, the event broker
 // and the gRPC services, plus the leader's heartbeat tracker.
 type Node struct {
 	cfg     Config
+	build   *berthv1.BuildInfo
 	logger  *slog.Logger
 	clock   Clock
 	network Network
@@ -132,6 +137,7 @@ func New(cfg Config, logger *slog.Logger, deps Deps) (n *Node, err error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n = &Node{
+		build:        deps.Build,
 		cfg:          cfg,
 		logger:       logger.With("subsystem", "controlplane"),
 		clock:        deps.Clock,

@@ -5,10 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/berthhq/berth/fsm"
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
@@ -64,7 +65,7 @@ func (c RebalanceConfig) Validate() error {
 }
 
 // RegisterFlags binds c to fs.
-func (c *RebalanceConfig) RegisterFlags(fs *flag.FlagSet) {
+func (c *RebalanceConfig) RegisterFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Enabled, "rebalance", c.Enabled, "run the rebalance planner on the leader")
 	fs.DurationVar(&c.Interval, "rebalance-interval", c.Interval, "time between planning rounds")
 	fs.DurationVar(&c.MoveTimeout, "move-timeout", c.MoveTimeout, "abort a move the agent has not completed the first half of within this")

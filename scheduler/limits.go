@@ -2,11 +2,11 @@ package scheduler
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"math"
-	"strconv"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 // ErrInvalidLimits wraps every error Limits.Validate returns.
@@ -75,7 +75,7 @@ func (l Limits) Validate() error {
 
 // RegisterFlags binds l's fields to fs; values already in l are the
 // defaults.
-func (l *Limits) RegisterFlags(fs *flag.FlagSet) {
+func (l *Limits) RegisterFlags(fs *pflag.FlagSet) {
 	fs.Float64Var(&l.Band, "rebalance-band", l.Band, "hysteresis band, a fraction of each proxy's weighted target connection count")
 	fs.IntVar(&l.MaxInFlight, "max-moves-in-flight", l.MaxInFlight, "unfinished moves allowed cluster-wide")
 	fs.IntVar(&l.MaxInFlightPerProxy, "max-moves-in-flight-per-proxy", l.MaxInFlightPerProxy, "unfinished moves allowed leaving or reaching one proxy")
@@ -83,19 +83,6 @@ func (l *Limits) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&l.CoolDown, "move-cool-down", l.CoolDown, "a connection moved less than this ago is not moved again")
 	fs.DurationVar(&l.MinAge, "move-min-age", l.MinAge, "a connection younger than this is not moved")
 	fs.BoolVar(&l.CrossRegion, "rebalance-cross-region", l.CrossRegion, "balance across regions instead of within each region")
-	fs.Var((*uint32Value)(&l.CPULimitMillicores), "shed-cpu-millicores", "a proxy using more CPU than this sheds connections first (0: no limit)")
+	fs.Uint32Var(&l.CPULimitMillicores, "shed-cpu-millicores", l.CPULimitMillicores, "a proxy using more CPU than this sheds connections first (0: no limit)")
 	fs.Uint64Var(&l.MemoryLimitBytes, "shed-memory-bytes", l.MemoryLimitBytes, "a proxy using more memory than this sheds connections first (0: no limit)")
-}
-
-type uint32Value uint32
-
-func (v *uint32Value) String() string { return strconv.FormatUint(uint64(*v), 10) }
-
-func (v *uint32Value) Set(s string) error {
-	n, err := strconv.ParseUint(s, 0, 32)
-	if err != nil {
-		return err
-	}
-	*v = uint32Value(n)
-	return nil
 }

@@ -2,13 +2,14 @@ package scheduler
 
 import (
 	"errors"
-	"flag"
 	"io"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 func TestPlan(t *testing.T) {
@@ -619,7 +620,7 @@ func TestLimits(t *testing.T) {
 	}
 	t.Run("flags", func(t *testing.T) {
 		l := DefaultLimits()
-		fs := flag.NewFlagSet("test", flag.ContinueOnError)
+		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
 		fs.SetOutput(io.Discard)
 		l.RegisterFlags(fs)
 		err := fs.Parse([]string{"--rebalance-band=0.2", "--max-moves-in-flight=10", "--max-moves-in-flight-per-proxy=3",

@@ -9,40 +9,60 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
+	"github.com/berthhq/berth/cmd/internal/buildinfo"
 	"github.com/berthhq/berth/cmd/internal/conf"
 	"github.com/berthhq/berth/dataplane/agent"
 	"github.com/berthhq/berth/dataplane/agent/demo"
 )
 
-const (
-	envPrefix = "BERTH_AGENT_"
-	envToken  = envPrefix + "TOKEN"
-)
+// envToken holds the agent token. It is not a flag (flags show in ps), so
+// it is named for what it is rather than after a flag.
+const envToken = conf.EnvPrefix + "AGENT_TOKEN"
 
-// newRootCmd builds the command tree; getenv (os.Getenv) supplies the
-// BERTH_AGENT_* settings.
-func newRootCmd(getenv func(string) string) *cobra.Command {
-	var level string
+const about = `berth-agent runs next to an upstream service and serves it through Berth
+proxies (serve), relays local TCP connections to an endpoint through a proxy
+(connect), or runs a demo upstream (demo-upstream).
+
+Every flag can also be set as BERTH_<FLAG> (upper case, '-' as '_'; shown as
+[$BERTH_...] after each flag) or as a key of the YAML file given with
+--config: the keys are the flag names of the command run, a list is a YAML
+list (endpoint: [web=127.0.0.1:8080, api=127.0.0.1:9000]) or a map
+(endpoint: {web: 127.0.0.1:8080}), and an unknown key is an error. A flag
+beats the environment, which beats the file. The agent token comes from
+` + envToken + ` or --token-file.`
+
+// newRootCmd builds the command tree; lookup (os.LookupEnv) supplies the
+// BERTH_* settings and build is what --version prints.
+func newRootCmd(build buildinfo.Info, lookup conf.LookupEnv) *cobra.Command {
+	getenv := func(k string) string { v, _ := lookup(k); return v }
 	root := &cobra.Command{
 		Use:           "berth-agent",
 		Short:         "Serve local services through Berth proxies",
+		Long:          about,
+		Version:       build.String(),
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return applyEnv(cmd.Flags(), getenv)
+			return conf.Fill(cmd.Flags(), lookup, "config")
 		},
 	}
-	root.PersistentFlags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
+	pf := root.PersistentFlags()
+	pf.String("config", "", "YAML file whose keys are the command's flag names")
+	format, level := conf.LogFlags(pf, "text")
 	logger := func() (*slog.Logger, error) {
-		var lvl slog.Level
-		if err := lvl.UnmarshalText([]byte(level)); err != nil {
-			return nil, fmt.Errorf("log-level: %w", err)
+		h, err := conf.Handler(os.Stderr, *format, *level)
+		if err != nil {
+			return nil, err
 		}
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
+		return slog.New(h), nil
 	}
 	root.AddCommand(serveCmd(getenv, logger), connectCmd(logger), demoCmd(logger))
+	conf.AnnotateEnv(pf)
+	for _, c := range root.Commands() {
+		conf.AnnotateEnv(c.LocalNonPersistentFlags())
+	}
 	return root
 }
 
@@ -208,22 +228,4 @@ func demoCmd(logger func() (*slog.Logger, error)) *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8081", "address to serve on")
 	cmd.Flags().StringVar(&name, "name", "", "instance name in replies (default: hostname)")
 	return cmd
-}
-
-// applyEnv sets every flag the command line left alone from
-// BERTH_AGENT_<NAME>, if that variable is set.
-func applyEnv(fs *pflag.FlagSet, getenv func(string) string) error {
-	var errs []error
-	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Changed {
-			return
-		}
-		name := conf.EnvName(envPrefix, f.Name)
-		if v := getenv(name); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", name, err))
-			}
-		}
-	})
-	return errors.Join(errs...)
 }

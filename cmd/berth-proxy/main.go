@@ -1,6 +1,6 @@
 // Command berth-proxy runs one Berth edge proxy. Settings come from flags,
-// BERTH_PROXY_* environment variables and a YAML file (--config), in that
-// order of precedence; see --help.
+// BERTH_* environment variables and a YAML file (--config), in that order
+// of precedence; see --help.
 package main
 
 import (
@@ -8,27 +8,39 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/spf13/pflag"
-
+	"github.com/berthhq/berth/cmd/internal/buildinfo"
 	"github.com/berthhq/berth/cmd/internal/conf"
 	"github.com/berthhq/berth/dataplane/proxy"
 )
 
+const about = `berth-proxy is a Berth edge proxy: agents hold tunnels to it, clients send it
+HTTP and TCP, and it routes each request to a connection of the endpoint,
+here or on a peer proxy, as the control plane (--addr) assigns them. The
+control-plane token comes from BERTH_TOKEN or --token-file.`
+
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	d := conf.NewDaemon("berth-proxy", about, buildinfo.Read(), os.Stdout, os.LookupEnv)
+	if err := run(d, os.Args[1:], os.Getenv); err != nil {
 		conf.Exit("berth-proxy", err)
 	}
 }
 
-func run(args []string) error {
-	cfg := proxy.Default()
-	fs := pflag.NewFlagSet("berth-proxy", pflag.ContinueOnError)
-	cfg.RegisterFlags(fs)
-	tuneGC := conf.GCPercentFlag(fs, os.Getenv)
-	return conf.Run(fs, args, "BERTH_PROXY_", func(logger *slog.Logger) (io.Closer, error) {
+// flags registers berth-proxy's own flags on d; getenv supplies BERTH_TOKEN
+// and GOGC.
+func flags(d *conf.Daemon, getenv func(string) string) (cfg *proxy.Config, tuneGC func() error) {
+	c := proxy.Default()
+	c.ControlPlane.LoadEnv(getenv)
+	c.RegisterFlags(d.Flags())
+	return &c, conf.GCPercentFlag(d.Flags(), getenv)
+}
+
+func run(d *conf.Daemon, args []string, getenv func(string) string) error {
+	cfg, tuneGC := flags(d, getenv)
+	return d.Run(args, func(logger *slog.Logger) (io.Closer, error) {
 		if err := tuneGC(); err != nil {
 			return nil, err
 		}
-		return proxy.New(cfg, logger)
+		cfg.Collectors = append(cfg.Collectors, d.Build().Collector())
+		return proxy.New(*cfg, logger)
 	})
 }

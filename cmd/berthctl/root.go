@@ -11,6 +11,8 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/status"
 
+	"github.com/berthhq/berth/cmd/internal/buildinfo"
+	"github.com/berthhq/berth/cmd/internal/conf"
 	"github.com/berthhq/berth/controlplane/client"
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
 )
@@ -28,10 +30,12 @@ type app struct {
 	logger  *slog.Logger
 	printer printer
 	now     func() time.Time
+	getenv  func(string) string
+	build   buildinfo.Info
 }
 
 // newRootCmd builds the berthctl command tree. getenv (normally os.Getenv)
-// supplies BERTH_ADDR and BERTH_TOKEN.
+// supplies BERTH_TOKEN and a BERTH_<FLAG> for each global flag.
 func newRootCmd(stdout, stderr io.Writer, getenv func(string) string) *cobra.Command {
 	return newApp(stdout, stderr, getenv).rootCmd()
 }
@@ -47,6 +51,8 @@ func newApp(stdout, stderr io.Writer, getenv func(string) string) *app {
 		timeout: 30 * time.Second,
 		logger:  slog.New(slog.DiscardHandler),
 		now:     time.Now,
+		getenv:  getenv,
+		build:   buildinfo.Read(),
 	}
 }
 
@@ -55,13 +61,20 @@ func (a *app) rootCmd() *cobra.Command {
 		Use:   "berthctl",
 		Short: "Operate a Berth control plane",
 		Long: `berthctl inspects and operates a Berth cluster through the AdminService of
-its control plane. Give several --addr to fail over between nodes.`,
+its control plane. Give several --addr to fail over between nodes.
+
+Every global flag can also be set as BERTH_<FLAG> (upper case, '-' as '_';
+shown as [$BERTH_...] after each flag), so BERTH_ADDR, BERTH_INSECURE and
+BERTH_TLS_CA mean what they mean to berth-proxy; a flag beats the
+environment. The bearer token comes from BERTH_TOKEN or --token-file.`,
+		Version:           a.build.String(),
 		SilenceErrors:     true,
 		SilenceUsage:      true,
 		PersistentPreRunE: a.setup,
 	}
 	root.SetOut(a.stdout)
 	root.SetErr(a.stderr)
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath())
 	})
@@ -83,12 +96,19 @@ its control plane. Give several --addr to fail over between nodes.`,
 		a.tlsCmd(),
 		a.tokenCmd(),
 		a.benchCmd(),
+		a.versionCmd(),
 	)
+	conf.AnnotateEnv(fs)
 	return root
 }
 
-// setup runs before every command: logging and output format.
-func (a *app) setup(*cobra.Command, []string) error {
+// setup runs before every command: the environment, logging and output
+// format.
+func (a *app) setup(cmd *cobra.Command, _ []string) error {
+	lookup := func(k string) (string, bool) { v := a.getenv(k); return v, v != "" }
+	if err := conf.Fill(cmd.Root().PersistentFlags(), lookup, ""); err != nil {
+		return err
+	}
 	level := slog.LevelWarn
 	if a.verbose {
 		level = slog.LevelDebug

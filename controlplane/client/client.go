@@ -164,7 +164,10 @@ func New(cfg Config, logger *slog.Logger) (*Client, error) {
 		opts = append(opts, grpc.WithPerRPCCredentials(tokenCreds{token: token, requireTLS: !cfg.TLS.Insecure}))
 	}
 	if cfg.TLS.Insecure {
-		logger.Warn("INSECURE: plaintext gRPC to the control plane, TLS is off (development mode only)",
+		// Debug, not Warn: a daemon warns once at start for its whole
+		// insecure setup, and berthctl (a new client per call or
+		// reconnect) says it only with -v.
+		logger.Debug("INSECURE: plaintext gRPC to the control plane, TLS is off (development mode only)",
 			"addrs", strings.Join(cfg.Addrs, ","))
 	}
 	return &Client{

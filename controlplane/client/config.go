@@ -109,7 +109,7 @@ func (c *Config) LoadEnv(getenv func(string) string) {
 // defaults. --addr may be repeated or comma-separated.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.Addrs, "addr", c.Addrs,
-		"control-plane gRPC address host:port; repeat or comma-separate for failover (env "+EnvAddr+")")
+		"control-plane gRPC address host:port; repeat or comma-separate for failover")
 	fs.DurationVar(&c.DialTimeout, "dial-timeout", c.DialTimeout, "how long to wait for a connection to one address before trying the next")
 	fs.DurationVar(&c.CallTimeout, "call-timeout", c.CallTimeout, "timeout of one call attempt on one address (0: none)")
 	fs.IntVar(&c.Retries, "retries", c.Retries, "extra rounds over the addresses after the first fails")
@@ -122,7 +122,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.TLS.CertFile, "tls-cert", c.TLS.CertFile, "client certificate PEM file for mTLS")
 	fs.StringVar(&c.TLS.KeyFile, "tls-key", c.TLS.KeyFile, "client key PEM file for mTLS")
 	fs.StringVar(&c.TLS.ServerName, "tls-server-name", c.TLS.ServerName, "name to verify in server certificates")
-	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "file holding the bearer token (env "+EnvToken+" also works)")
+	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "file holding the bearer token (or set "+EnvToken+")")
 }
 
 // Validate reports the first problem with c. It normalizes Addrs (splits

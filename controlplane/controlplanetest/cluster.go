@@ -44,6 +44,8 @@ type Options struct {
 	// certificate per node; Conn then dials with a server certificate and
 	// DialAs with any role.
 	TLS bool
+	// Build, when set, is the build node i reports (Deps.Build).
+	Build func(i int) *berthv1.BuildInfo
 }
 
 // Cluster is a running test cluster.
@@ -147,6 +149,9 @@ func (c *Cluster) Start(i int) *controlplane.Node {
 		deps := controlplane.Deps{Clock: c.opts.Clock, Network: c.Network.For(cfg.ID), GRPCListener: ln}
 		if c.opts.ClockFor != nil {
 			deps.Clock = c.opts.ClockFor(i)
+		}
+		if c.opts.Build != nil {
+			deps.Build = c.opts.Build(i)
 		}
 		if c.opts.LogStore != nil {
 			deps.WrapLogStore = func(s raft.LogStore) raft.LogStore { return c.opts.LogStore(i, s) }

@@ -2,10 +2,11 @@ package discovery
 
 import (
 	"errors"
-	"flag"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 )
 
 func TestNormalizeAddr(t *testing.T) {
@@ -152,10 +153,10 @@ func FuzzDecodeMeta(f *testing.F) {
 }
 
 func TestListValueFlag(t *testing.T) {
-	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
 	var l []string
 	fs.Var((*listValue)(&l), "l", "")
-	if err := fs.Parse([]string{"-l", "a:1,b:2", "-l", "c:3"}); err != nil {
+	if err := fs.Parse([]string{"--l", "a:1,b:2", "--l", "c:3"}); err != nil {
 		t.Fatal(err)
 	}
 	if want := []string{"c:3"}; !slices.Equal(l, want) {

@@ -2,11 +2,12 @@ package discovery
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -212,7 +213,7 @@ func parseIPPort(s string, allowZeroPort bool) (netip.AddrPort, error) {
 
 // RegisterFlags registers the discovery flags on fs, with c's current values
 // as defaults. Call it on Default() before fs.Parse.
-func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Mode, "discovery", c.Mode, "how to find control-plane nodes: static, dns or gossip")
 	fs.DurationVar(&c.PollInterval, "discovery-poll-interval", c.PollInterval, "how often to look for control-plane nodes")
 
@@ -232,7 +233,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Gossip.Profile, "gossip-profile", c.Gossip.Profile, "gossip timings: lan, local or wan")
 }
 
-// listValue is a flag.Value for comma-separated lists. Each Set replaces the
+// listValue is a pflag.Value for comma-separated lists. Each Set replaces the
 // list, so a repeated flag means its last value, like the other flags.
 type listValue []string
 
@@ -243,15 +244,19 @@ func (l *listValue) String() string {
 	return strings.Join(*l, ",")
 }
 
+func (l *listValue) Type() string { return "list" }
+
 func (l *listValue) Set(s string) error {
 	*l = splitList(s)
 	return nil
 }
 
-// secretValue is a string flag whose value never shows in -help output.
+// secretValue is a string flag whose value never shows in --help output.
 type secretValue string
 
 func (v *secretValue) String() string { return "" }
+
+func (v *secretValue) Type() string { return "string" }
 
 func (v *secretValue) Set(s string) error {
 	*v = secretValue(s)

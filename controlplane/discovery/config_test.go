@@ -2,13 +2,14 @@ package discovery
 
 import (
 	"errors"
-	"flag"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 func TestDefaultValidates(t *testing.T) {
@@ -91,7 +92,7 @@ func TestValidate(t *testing.T) {
 
 func TestRegisterFlags(t *testing.T) {
 	c := Default()
-	fs := flag.NewFlagSet("berthd", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("berthd", pflag.ContinueOnError)
 	c.RegisterFlags(fs)
 	err := fs.Parse([]string{
 		"--discovery=dns",
@@ -140,7 +141,7 @@ func TestRegisterFlags(t *testing.T) {
 func TestSecretNotInUsage(t *testing.T) {
 	c := Default()
 	c.Gossip.Secret = "hunter2"
-	fs := flag.NewFlagSet("berthd", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("berthd", pflag.ContinueOnError)
 	var out strings.Builder
 	fs.SetOutput(&out)
 	c.RegisterFlags(fs)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
 	"github.com/berthhq/berth/controlplane/client"
@@ -90,6 +91,10 @@ type Config struct {
 	// Edge is the downstream side: access log, timeouts, client
 	// authentication and TLS (edge.go).
 	Edge EdgeConfig
+
+	// Collectors join the proxy's own metrics on its registry (served on
+	// HTTPAddr): berth-proxy adds its berth_build_info gauge. Not a flag.
+	Collectors []prometheus.Collector
 }
 
 // Default is a proxy on loopback talking to a local control plane.

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -149,8 +150,9 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 		p.keys.Store(ring)
 		px := p // not p itself: a New that fails later sets it to nil
 		p.goRun(func() { px.reloadKeyring("agent", cfg.AgentKeys, &px.keys) })
-	} else {
-		p.logger.Warn("INSECURE: agents are not authenticated (no --agent-keys); any agent may serve any endpoint")
+	}
+	if insecure := insecureParts(cfg); len(insecure) > 0 {
+		p.logger.Warn("INSECURE: " + strings.Join(insecure, "; ") + " (development only)")
 	}
 	if cfg.Edge.AuthKeys != "" {
 		ring, err := token.LoadKeyring(cfg.Edge.AuthKeys)
@@ -170,6 +172,11 @@ func New(cfg Config, logger *slog.Logger) (p *Proxy, err error) {
 
 	reg := prometheus.NewRegistry()
 	p.metrics = newMetrics(reg, p)
+	for _, c := range cfg.Collectors {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
 	p.load = newLoadSampler(p)
 	peerCfg := cfg.Peer
 	peerCfg.SelfID = cfg.ID
@@ -344,4 +351,17 @@ func newConnectionID(proxyID string) string {
 		id = id[len(id)-128:]
 	}
 	return id
+}
+
+// insecureParts lists what cfg leaves unprotected, for the one INSECURE
+// line a proxy logs when it starts.
+func insecureParts(cfg Config) []string {
+	var out []string
+	if cfg.ControlPlane.TLS.Insecure {
+		out = append(out, "no TLS to the control plane, peers or agents (--insecure)")
+	}
+	if cfg.AgentKeys == "" {
+		out = append(out, "agents are not authenticated (no --agent-keys); any agent may serve any endpoint")
+	}
+	return out
 }

@@ -2,7 +2,9 @@
 // file, environment variables and the command line, so every Berth binary
 // takes its settings the same three ways with one set of names: the YAML
 // key and the flag are the same word ("raft-addr"), the variable is the
-// prefixed upper-case form (BERTH_RAFT_ADDR).
+// BERTH_ upper-case form (BERTH_RAFT_ADDR) whichever binary reads it. It
+// also holds what the daemons share: --log-format, --log-level, --version
+// and --help on stdout.
 package conf
 
 import (
@@ -20,28 +22,58 @@ import (
 
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
+
+	"github.com/berthhq/berth/cmd/internal/buildinfo"
 )
 
-// Load parses args into fs (a pflag set; standard-library flag sets join
-// it through AddGoFlagSet), then fills every flag the command line left
-// unset from the environment (prefix + NAME) and then from the YAML file
-// named by the flag fileFlag (if fs has it and it is set). An unknown key in
-// the file is an error that lists the known ones.
-func Load(fs *pflag.FlagSet, args []string, envPrefix, fileFlag string) error {
+// EnvPrefix starts every Berth environment variable: a flag --data-dir of
+// any binary is BERTH_DATA_DIR (EnvName). Where binaries share a flag
+// (berth-proxy and berthctl both take --addr) the variable means the same.
+const EnvPrefix = "BERTH_"
+
+// EnvHelp and FileHelp end a daemon's --help (Daemon.Help).
+const EnvHelp = `Every flag above can also be set as BERTH_<FLAG> (upper case, '-' as '_'; shown
+as [$BERTH_...] after each flag)`
+
+const FileHelp = ` or as a key of the YAML file given with --config:
+the keys are the flag names (data-dir: /var/lib/berth), a list is a YAML list
+or a comma-separated string, and an unknown key is an error. A flag beats
+the environment, which beats the file.`
+
+// LookupEnv reads an environment variable, as os.LookupEnv does.
+type LookupEnv func(string) (string, bool)
+
+// notSetting says no variable or file key sets flag name: it asks for
+// something (help, the version) rather than configuring.
+func notSetting(name string) bool { return name == "help" || name == "version" }
+
+// Load parses args into fs and then fills it from the environment and the
+// file (Fill).
+func Load(fs *pflag.FlagSet, args []string, lookup LookupEnv, fileFlag string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	set := make(map[string]bool)
-	fs.Visit(func(f *pflag.Flag) { set[f.Name] = true })
+	return Fill(fs, lookup, fileFlag)
+}
 
+// Fill sets every flag of fs the command line left unset from its
+// environment variable (EnvName), and then those still unset from the YAML
+// file named by the flag fileFlag (if fs has it and it is set). An unknown
+// key in the file is an error that names it and lists the known ones.
+func Fill(fs *pflag.FlagSet, lookup LookupEnv, fileFlag string) error {
+	set := make(map[string]bool)
 	var errs []error
 	fs.VisitAll(func(f *pflag.Flag) {
-		if set[f.Name] {
+		if f.Changed {
+			set[f.Name] = true
 			return
 		}
-		if v, ok := os.LookupEnv(EnvName(envPrefix, f.Name)); ok {
+		if notSetting(f.Name) {
+			return
+		}
+		if v, ok := lookup(EnvName(f.Name)); ok {
 			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", EnvName(envPrefix, f.Name), err))
+				errs = append(errs, fmt.Errorf("%s: %w", EnvName(f.Name), err))
 			}
 			set[f.Name] = true
 		}
@@ -49,7 +81,9 @@ func Load(fs *pflag.FlagSet, args []string, envPrefix, fileFlag string) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-
+	if fileFlag == "" {
+		return nil
+	}
 	file := fs.Lookup(fileFlag)
 	if file == nil || file.Value.String() == "" {
 		return nil
@@ -58,8 +92,19 @@ func Load(fs *pflag.FlagSet, args []string, envPrefix, fileFlag string) error {
 }
 
 // EnvName is the environment variable that sets flag name.
-func EnvName(prefix, name string) string {
-	return prefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+func EnvName(name string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// AnnotateEnv appends each flag's variable to its help text, so --help
+// names exactly the variables Fill reads.
+func AnnotateEnv(fs *pflag.FlagSet) {
+	fs.VisitAll(func(f *pflag.Flag) {
+		if notSetting(f.Name) || strings.Contains(f.Usage, "[$"+EnvPrefix) {
+			return
+		}
+		f.Usage += " [$" + EnvName(f.Name) + "]"
+	})
 }
 
 func loadFile(fs *pflag.FlagSet, path string, set map[string]bool) error {
@@ -77,7 +122,7 @@ func loadFile(fs *pflag.FlagSet, path string, set map[string]bool) error {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		if fs.Lookup(k) == nil {
+		if fs.Lookup(k) == nil || notSetting(k) {
 			return fmt.Errorf("config file %s: unknown key %q (keys are the flag names: %s)", path, k, strings.Join(flagNames(fs), ", "))
 		}
 		if set[k] {
@@ -90,11 +135,23 @@ func loadFile(fs *pflag.FlagSet, path string, set map[string]bool) error {
 	return nil
 }
 
-// scalar turns a YAML value into flag text; a list becomes comma-separated.
+// scalar turns a YAML value into flag text; a list becomes comma-separated
+// and a map key=value pairs (as --label and --endpoint take them).
 func scalar(v any) string {
 	switch x := v.(type) {
 	case nil:
 		return ""
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = k + "=" + scalar(x[k])
+		}
+		return strings.Join(parts, ",")
 	case []any:
 		parts := make([]string, len(x))
 		for i, e := range x {
@@ -108,38 +165,126 @@ func scalar(v any) string {
 
 func flagNames(fs *pflag.FlagSet) []string {
 	var out []string
-	fs.VisitAll(func(f *pflag.Flag) { out = append(out, f.Name) })
+	fs.VisitAll(func(f *pflag.Flag) {
+		if !notSetting(f.Name) {
+			out = append(out, f.Name)
+		}
+	})
 	return out
 }
 
-// Logger is the JSON slog logger every daemon writes to w, at level
-// ("debug", "info", "warn" or "error"). Lines below warn are held up to
-// logFlushInterval and written together; close the returned io.Closer to
-// write the last of them.
-func Logger(w io.Writer, level string) (*slog.Logger, io.Closer, error) {
+// Handler is the slog handler a binary logs through: format "json" or
+// "text", at level "debug", "info", "warn" or "error".
+func Handler(w io.Writer, format, level string) (slog.Handler, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, nil, fmt.Errorf("log-level: %w", err)
+		return nil, fmt.Errorf("log-level: %w", err)
 	}
-	out := newBufferedOutput(w, logFlushInterval)
-	h := flushingHandler{Handler: slog.NewJSONHandler(out, &slog.HandlerOptions{Level: lvl}), out: out}
-	return slog.New(h), out, nil
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "json":
+		return slog.NewJSONHandler(w, opts), nil
+	case "text":
+		return slog.NewTextHandler(w, opts), nil
+	}
+	return nil, fmt.Errorf("log-format %q: want json or text", format)
 }
 
-// Run is a daemon's life: it adds --config and --log-level to fs, loads
-// args, the environment (envPrefix) and the file into it, starts the
-// service with a logger, and closes the service on SIGINT or SIGTERM.
-func Run(fs *pflag.FlagSet, args []string, envPrefix string, start func(*slog.Logger) (io.Closer, error)) error {
-	fs.String("config", "", "YAML file whose keys are these flag names")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
-	if err := Load(fs, args, envPrefix, "config"); err != nil {
+// Logger is the logger every daemon writes to w (Handler's format and
+// level). Lines below warn are held up to logFlushInterval and written
+// together; close the returned io.Closer to write the last of them.
+func Logger(w io.Writer, format, level string) (*slog.Logger, io.Closer, error) {
+	out := newBufferedOutput(w, logFlushInterval)
+	h, err := Handler(out, format, level)
+	if err != nil {
+		_ = out.Close()
+		return nil, nil, err
+	}
+	return slog.New(flushingHandler{Handler: h, out: out}), out, nil
+}
+
+// LogFlags registers --log-format (default format) and --log-level on fs.
+func LogFlags(fs *pflag.FlagSet, format string) (logFormat, logLevel *string) {
+	logFormat = fs.String("log-format", format, "log line format: json or text")
+	logLevel = fs.String("log-level", "info", "debug, info, warn or error")
+	return logFormat, logLevel
+}
+
+// Daemon is the command line of a daemon (berthd, berth-proxy): its own
+// flags on Flags plus --config, --log-format, --log-level and --version.
+type Daemon struct {
+	name, about string
+	build       buildinfo.Info
+	stdout      io.Writer
+	lookup      LookupEnv
+
+	fs                  *pflag.FlagSet
+	logFormat, logLevel *string
+	version             *bool
+}
+
+// NewDaemon starts the command line of daemon name; about opens its help.
+// The process's build, standard output and environment come in so tests
+// can give their own.
+func NewDaemon(name, about string, build buildinfo.Info, stdout io.Writer, lookup LookupEnv) *Daemon {
+	d := &Daemon{name: name, about: about, build: build, stdout: stdout, lookup: lookup,
+		fs: pflag.NewFlagSet(name, pflag.ContinueOnError)}
+	// pflag would print errors and usage to stderr itself; Parse and Exit
+	// say it once, help on stdout.
+	d.fs.SetOutput(io.Discard)
+	d.fs.Usage = func() {}
+	d.fs.String("config", "", "YAML file whose keys are these flag names")
+	d.logFormat, d.logLevel = LogFlags(d.fs, "json")
+	d.version = d.fs.Bool("version", false, "print the version and exit")
+	return d
+}
+
+// Build is the build --version prints.
+func (d *Daemon) Build() buildinfo.Info { return d.build }
+
+// Flags is where the daemon registers its own flags, before Parse.
+func (d *Daemon) Flags() *pflag.FlagSet { return d.fs }
+
+// Parse parses args, then fills the flags left unset from the environment
+// and the --config file. For --help it prints the help to stdout and
+// returns pflag.ErrHelp; with --version it only parses.
+func (d *Daemon) Parse(args []string) error {
+	AnnotateEnv(d.fs)
+	if err := d.fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			_, _ = fmt.Fprint(d.stdout, d.Help())
+		}
 		return err
 	}
-	logger, logs, err := Logger(os.Stderr, *level)
+	if *d.version {
+		return nil
+	}
+	return Fill(d.fs, d.lookup, "config")
+}
+
+// Help is the daemon's --help text.
+func (d *Daemon) Help() string {
+	AnnotateEnv(d.fs)
+	return fmt.Sprintf("%s\n\nUsage:\n  %s [flags]\n\nFlags:\n%s\n%s%s\n", d.about, d.name, d.fs.FlagUsages(), EnvHelp, FileHelp)
+}
+
+// Run is a daemon's life: it parses args (Parse), prints the version for
+// --version, or starts the service with a logger on stderr and closes it
+// on SIGINT or SIGTERM.
+func (d *Daemon) Run(args []string, start func(*slog.Logger) (io.Closer, error)) error {
+	if err := d.Parse(args); err != nil {
+		return err
+	}
+	if *d.version {
+		_, err := fmt.Fprintln(d.stdout, d.name, d.build)
+		return err
+	}
+	logger, logs, err := Logger(os.Stderr, *d.logFormat, *d.logLevel)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = logs.Close() }()
+	logger.Info("starting", "version", d.build.Version, "revision", d.build.Revision, "go", d.build.GoVersion)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	svc, err := start(logger)
@@ -150,12 +295,13 @@ func Run(fs *pflag.FlagSet, args []string, envPrefix string, start func(*slog.Lo
 	return svc.Close()
 }
 
-// Exit ends a daemon whose run returned err: silently for --help, else
-// with the error on stderr; the status is 2 either way.
+// Exit ends a daemon whose run returned err: with status 0 after --help,
+// else with the error on stderr and status 2.
 func Exit(name string, err error) {
-	if !errors.Is(err, pflag.ErrHelp) {
-		fmt.Fprintln(os.Stderr, name+":", err)
+	if errors.Is(err, pflag.ErrHelp) {
+		os.Exit(0)
 	}
+	fmt.Fprintf(os.Stderr, "%s: %v (see '%s --help')\n", name, err, name)
 	os.Exit(2)
 }
 

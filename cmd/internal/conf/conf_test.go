@@ -1,6 +1,8 @@
 package conf
 
 import (
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -42,7 +44,7 @@ func TestPrecedence(t *testing.T) {
 				t.Setenv("BERTH_RAFT_ADDR", tt.env)
 			}
 			fs, addr, n, list := newFS()
-			if err := Load(fs, tt.args, "BERTH_", "config"); err != nil {
+			if err := Load(fs, tt.args, os.LookupEnv, "config"); err != nil {
 				t.Fatal(err)
 			}
 			if *addr != tt.wantAddr || *n != 3 || *list != "a:1,b:2" {
@@ -65,7 +67,7 @@ func TestUnknownKeyAndBadValue(t *testing.T) {
 				t.Fatal(err)
 			}
 			fs, _, _, _ := newFS()
-			err := Load(fs, []string{"--config", path}, "BERTH_", "config")
+			err := Load(fs, []string{"--config", path}, os.LookupEnv, "config")
 			if err == nil {
 				t.Fatal("want an error")
 			}
@@ -77,7 +79,7 @@ func TestUnknownKeyAndBadValue(t *testing.T) {
 	t.Run("bad env", func(t *testing.T) {
 		t.Setenv("BERTH_BOOTSTRAP_EXPECT", "x")
 		fs, _, _, _ := newFS()
-		if err := Load(fs, nil, "BERTH_", "config"); err == nil || !strings.Contains(err.Error(), "BERTH_BOOTSTRAP_EXPECT") {
+		if err := Load(fs, nil, os.LookupEnv, "config"); err == nil || !strings.Contains(err.Error(), "BERTH_BOOTSTRAP_EXPECT") {
 			t.Fatalf("want an error naming the variable, got %v", err)
 		}
 	})
@@ -126,5 +128,64 @@ func TestGCPercentFlag(t *testing.T) {
 	_ = fs.Parse([]string{"--gc-percent", "-5"})
 	if err := apply(); err == nil {
 		t.Error("gc-percent -5 accepted")
+	}
+}
+
+func TestHandlerFormats(t *testing.T) {
+	for _, tc := range []struct{ format, want string }{{"json", `"msg":"hi"`}, {"text", "msg=hi"}} {
+		var out strings.Builder
+		h, err := Handler(&out, tc.format, "info")
+		if err != nil {
+			t.Fatal(err)
+		}
+		slog.New(h).Info("hi")
+		if !strings.Contains(out.String(), tc.want) {
+			t.Errorf("%s: %q, want %q", tc.format, out.String(), tc.want)
+		}
+	}
+	if _, err := Handler(io.Discard, "xml", "info"); err == nil || !strings.Contains(err.Error(), "log-format") {
+		t.Errorf("format xml: %v", err)
+	}
+	if _, err := Handler(io.Discard, "json", "loud"); err == nil || !strings.Contains(err.Error(), "log-level") {
+		t.Errorf("level loud: %v", err)
+	}
+}
+
+func TestFileMapsAndReservedKeys(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(path, []byte("label: {zone: a, rack: r1}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	labels := fs.StringToString("label", nil, "")
+	fs.String("config", "", "")
+	fs.Bool("version", false, "")
+	if err := Load(fs, []string{"--config", path}, func(string) (string, bool) { return "", false }, "config"); err != nil {
+		t.Fatal(err)
+	}
+	if len(*labels) != 2 || (*labels)["zone"] != "a" || (*labels)["rack"] != "r1" {
+		t.Fatalf("labels from a YAML map: %v", *labels)
+	}
+	// --version is no setting: neither a file key nor a variable sets it.
+	if err := os.WriteFile(path, []byte("version: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := Load(fs, []string{"--config", path}, func(k string) (string, bool) { return "true", k == "BERTH_VERSION" }, "config")
+	if err == nil || !strings.Contains(err.Error(), `unknown key "version"`) {
+		t.Fatalf("version in the file: %v", err)
+	}
+	if fs.Lookup("version").Changed {
+		t.Error("BERTH_VERSION set --version")
+	}
+}
+
+func TestAnnotateEnvOnce(t *testing.T) {
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	fs.String("data-dir", "", "where data goes")
+	AnnotateEnv(fs)
+	AnnotateEnv(fs)
+	if got := fs.Lookup("data-dir").Usage; got != "where data goes [$BERTH_DATA_DIR]" {
+		t.Fatalf("usage %q", got)
 	}
 }

@@ -50,7 +50,7 @@ func TestLogLinesHeldUntilWarnOrClose(t *testing.T) {
 
 func TestLogLinesWrittenWithinTheInterval(t *testing.T) {
 	var sink syncBuffer
-	logger, closer, err := Logger(&sink, "info")
+	logger, closer, err := Logger(&sink, "json", "info")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func TestLogLinesWrittenWithinTheInterval(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if _, _, err := Logger(&sink, "loud"); err == nil {
+	if _, _, err := Logger(&sink, "json", "loud"); err == nil {
 		t.Fatal("a bad level was accepted")
 	}
 }

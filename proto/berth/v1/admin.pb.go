@@ -235,7 +235,9 @@ type ServerStatus struct {
 	// Milliseconds since the server last heard from a leader (0 on the leader).
 	LastContactMs int64 `protobuf:"varint,11,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
 	// Why the server is not healthy.
-	Error         string `protobuf:"bytes,12,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,12,opt,name=error,proto3" json:"error,omitempty"`
+	// The berthd build the server runs (absent when it did not answer).
+	Build         *BuildInfo `protobuf:"bytes,13,opt,name=build,proto3" json:"build,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -352,6 +354,13 @@ func (x *ServerStatus) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *ServerStatus) GetBuild() *BuildInfo {
+	if x != nil {
+		return x.Build
+	}
+	return nil
 }
 
 type ClusterStatusResponse struct {
@@ -2800,12 +2809,12 @@ var File_berth_v1_admin_proto protoreflect.FileDescriptor
 
 const file_berth_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14berth/v1/admin.proto\x12\bberth.v1\x1a\x15berth/v1/events.proto\x1a\x14berth/v1/model.proto\"?\n" +
+	"\x14berth/v1/admin.proto\x12\bberth.v1\x1a\x14berth/v1/build.proto\x1a\x15berth/v1/events.proto\x1a\x14berth/v1/model.proto\"?\n" +
 	"\n" +
 	"ReadHeader\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1b\n" +
 	"\tserved_by\x18\x02 \x01(\tR\bservedBy\"\x16\n" +
-	"\x14ClusterStatusRequest\"\x8a\x03\n" +
+	"\x14ClusterStatusRequest\"\xb5\x03\n" +
 	"\fServerStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12!\n" +
@@ -2819,7 +2828,8 @@ const file_berth_v1_admin_proto_rawDesc = "" +
 	"\x0elast_log_index\x18\n" +
 	" \x01(\x04R\flastLogIndex\x12&\n" +
 	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\x12\x14\n" +
-	"\x05error\x18\f \x01(\tR\x05error\"\x86\x02\n" +
+	"\x05error\x18\f \x01(\tR\x05error\x12)\n" +
+	"\x05build\x18\r \x01(\v2\x13.berth.v1.BuildInfoR\x05build\"\x86\x02\n" +
 	"\x15ClusterStatusResponse\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12%\n" +
 	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress\x12\x12\n" +
@@ -3081,119 +3091,121 @@ var file_berth_v1_admin_proto_goTypes = []any{
 	nil,                                // 49: berth.v1.ListProxiesResponse.LoadEntry
 	nil,                                // 50: berth.v1.ListProxiesResponse.TargetConnectionsEntry
 	nil,                                // 51: berth.v1.ListProxiesResponse.ConnectionCountsEntry
-	(ProxyStatus)(0),                   // 52: berth.v1.ProxyStatus
-	(*Proxy)(nil),                      // 53: berth.v1.Proxy
-	(*Endpoint)(nil),                   // 54: berth.v1.Endpoint
-	(ConnectivityState)(0),             // 55: berth.v1.ConnectivityState
-	(*Connection)(nil),                 // 56: berth.v1.Connection
-	(MoveState)(0),                     // 57: berth.v1.MoveState
-	(*Move)(nil),                       // 58: berth.v1.Move
-	(*AdminToken)(nil),                 // 59: berth.v1.AdminToken
-	(*Server)(nil),                     // 60: berth.v1.Server
-	(Topic)(0),                         // 61: berth.v1.Topic
-	(*EventFilter)(nil),                // 62: berth.v1.EventFilter
-	(*Event)(nil),                      // 63: berth.v1.Event
-	(*LoadSample)(nil),                 // 64: berth.v1.LoadSample
+	(*BuildInfo)(nil),                  // 52: berth.v1.BuildInfo
+	(ProxyStatus)(0),                   // 53: berth.v1.ProxyStatus
+	(*Proxy)(nil),                      // 54: berth.v1.Proxy
+	(*Endpoint)(nil),                   // 55: berth.v1.Endpoint
+	(ConnectivityState)(0),             // 56: berth.v1.ConnectivityState
+	(*Connection)(nil),                 // 57: berth.v1.Connection
+	(MoveState)(0),                     // 58: berth.v1.MoveState
+	(*Move)(nil),                       // 59: berth.v1.Move
+	(*AdminToken)(nil),                 // 60: berth.v1.AdminToken
+	(*Server)(nil),                     // 61: berth.v1.Server
+	(Topic)(0),                         // 62: berth.v1.Topic
+	(*EventFilter)(nil),                // 63: berth.v1.EventFilter
+	(*Event)(nil),                      // 64: berth.v1.Event
+	(*LoadSample)(nil),                 // 65: berth.v1.LoadSample
 }
 var file_berth_v1_admin_proto_depIdxs = []int32{
 	1,  // 0: berth.v1.ServerStatus.suffrage:type_name -> berth.v1.ServerSuffrage
-	4,  // 1: berth.v1.ClusterStatusResponse.servers:type_name -> berth.v1.ServerStatus
-	0,  // 2: berth.v1.ListProxiesRequest.consistency:type_name -> berth.v1.Consistency
-	52, // 3: berth.v1.ListProxiesRequest.statuses:type_name -> berth.v1.ProxyStatus
-	53, // 4: berth.v1.ListProxiesResponse.proxies:type_name -> berth.v1.Proxy
-	2,  // 5: berth.v1.ListProxiesResponse.header:type_name -> berth.v1.ReadHeader
-	49, // 6: berth.v1.ListProxiesResponse.load:type_name -> berth.v1.ListProxiesResponse.LoadEntry
-	50, // 7: berth.v1.ListProxiesResponse.target_connections:type_name -> berth.v1.ListProxiesResponse.TargetConnectionsEntry
-	51, // 8: berth.v1.ListProxiesResponse.connection_counts:type_name -> berth.v1.ListProxiesResponse.ConnectionCountsEntry
-	0,  // 9: berth.v1.GetProxyRequest.consistency:type_name -> berth.v1.Consistency
-	53, // 10: berth.v1.GetProxyResponse.proxy:type_name -> berth.v1.Proxy
-	2,  // 11: berth.v1.GetProxyResponse.header:type_name -> berth.v1.ReadHeader
-	0,  // 12: berth.v1.ListEndpointsRequest.consistency:type_name -> berth.v1.Consistency
-	54, // 13: berth.v1.ListEndpointsResponse.endpoints:type_name -> berth.v1.Endpoint
-	2,  // 14: berth.v1.ListEndpointsResponse.header:type_name -> berth.v1.ReadHeader
-	12, // 15: berth.v1.ListEndpointsResponse.connectivity:type_name -> berth.v1.EndpointConnectivity
-	55, // 16: berth.v1.EndpointConnectivity.state:type_name -> berth.v1.ConnectivityState
-	0,  // 17: berth.v1.GetEndpointRequest.consistency:type_name -> berth.v1.Consistency
-	54, // 18: berth.v1.GetEndpointResponse.endpoint:type_name -> berth.v1.Endpoint
-	2,  // 19: berth.v1.GetEndpointResponse.header:type_name -> berth.v1.ReadHeader
-	0,  // 20: berth.v1.ListConnectionsRequest.consistency:type_name -> berth.v1.Consistency
-	56, // 21: berth.v1.ListConnectionsResponse.connections:type_name -> berth.v1.Connection
-	2,  // 22: berth.v1.ListConnectionsResponse.header:type_name -> berth.v1.ReadHeader
-	0,  // 23: berth.v1.GetConnectionRequest.consistency:type_name -> berth.v1.Consistency
-	56, // 24: berth.v1.GetConnectionResponse.connection:type_name -> berth.v1.Connection
-	2,  // 25: berth.v1.GetConnectionResponse.header:type_name -> berth.v1.ReadHeader
-	0,  // 26: berth.v1.ListMovesRequest.consistency:type_name -> berth.v1.Consistency
-	57, // 27: berth.v1.ListMovesRequest.states:type_name -> berth.v1.MoveState
-	58, // 28: berth.v1.ListMovesResponse.moves:type_name -> berth.v1.Move
-	2,  // 29: berth.v1.ListMovesResponse.header:type_name -> berth.v1.ReadHeader
-	0,  // 30: berth.v1.GetMoveRequest.consistency:type_name -> berth.v1.Consistency
-	58, // 31: berth.v1.GetMoveResponse.move:type_name -> berth.v1.Move
-	2,  // 32: berth.v1.GetMoveResponse.header:type_name -> berth.v1.ReadHeader
-	53, // 33: berth.v1.CordonProxyResponse.proxy:type_name -> berth.v1.Proxy
-	53, // 34: berth.v1.UncordonProxyResponse.proxy:type_name -> berth.v1.Proxy
-	53, // 35: berth.v1.DrainProxyResponse.proxy:type_name -> berth.v1.Proxy
-	58, // 36: berth.v1.RebalanceResponse.moves:type_name -> berth.v1.Move
-	59, // 37: berth.v1.CreateAdminTokenResponse.record:type_name -> berth.v1.AdminToken
-	0,  // 38: berth.v1.ListAdminTokensRequest.consistency:type_name -> berth.v1.Consistency
-	59, // 39: berth.v1.ListAdminTokensResponse.tokens:type_name -> berth.v1.AdminToken
-	2,  // 40: berth.v1.ListAdminTokensResponse.header:type_name -> berth.v1.ReadHeader
-	60, // 41: berth.v1.AddServerRequest.server:type_name -> berth.v1.Server
-	61, // 42: berth.v1.WatchRequest.topics:type_name -> berth.v1.Topic
-	62, // 43: berth.v1.WatchRequest.filter:type_name -> berth.v1.EventFilter
-	44, // 44: berth.v1.WatchRequest.selectors:type_name -> berth.v1.WatchSelector
-	61, // 45: berth.v1.WatchSelector.topics:type_name -> berth.v1.Topic
-	62, // 46: berth.v1.WatchSelector.filter:type_name -> berth.v1.EventFilter
-	63, // 47: berth.v1.WatchSnapshot.events:type_name -> berth.v1.Event
-	63, // 48: berth.v1.WatchEvents.events:type_name -> berth.v1.Event
-	45, // 49: berth.v1.WatchResponse.snapshot:type_name -> berth.v1.WatchSnapshot
-	46, // 50: berth.v1.WatchResponse.events:type_name -> berth.v1.WatchEvents
-	47, // 51: berth.v1.WatchResponse.reset:type_name -> berth.v1.WatchReset
-	64, // 52: berth.v1.ListProxiesResponse.LoadEntry.value:type_name -> berth.v1.LoadSample
-	3,  // 53: berth.v1.AdminService.ClusterStatus:input_type -> berth.v1.ClusterStatusRequest
-	6,  // 54: berth.v1.AdminService.ListProxies:input_type -> berth.v1.ListProxiesRequest
-	8,  // 55: berth.v1.AdminService.GetProxy:input_type -> berth.v1.GetProxyRequest
-	10, // 56: berth.v1.AdminService.ListEndpoints:input_type -> berth.v1.ListEndpointsRequest
-	13, // 57: berth.v1.AdminService.GetEndpoint:input_type -> berth.v1.GetEndpointRequest
-	15, // 58: berth.v1.AdminService.ListConnections:input_type -> berth.v1.ListConnectionsRequest
-	17, // 59: berth.v1.AdminService.GetConnection:input_type -> berth.v1.GetConnectionRequest
-	19, // 60: berth.v1.AdminService.ListMoves:input_type -> berth.v1.ListMovesRequest
-	21, // 61: berth.v1.AdminService.GetMove:input_type -> berth.v1.GetMoveRequest
-	23, // 62: berth.v1.AdminService.CordonProxy:input_type -> berth.v1.CordonProxyRequest
-	25, // 63: berth.v1.AdminService.UncordonProxy:input_type -> berth.v1.UncordonProxyRequest
-	27, // 64: berth.v1.AdminService.DrainProxy:input_type -> berth.v1.DrainProxyRequest
-	29, // 65: berth.v1.AdminService.Rebalance:input_type -> berth.v1.RebalanceRequest
-	31, // 66: berth.v1.AdminService.CreateAdminToken:input_type -> berth.v1.CreateAdminTokenRequest
-	33, // 67: berth.v1.AdminService.RevokeAdminToken:input_type -> berth.v1.RevokeAdminTokenRequest
-	35, // 68: berth.v1.AdminService.ListAdminTokens:input_type -> berth.v1.ListAdminTokensRequest
-	37, // 69: berth.v1.AdminService.AddServer:input_type -> berth.v1.AddServerRequest
-	39, // 70: berth.v1.AdminService.RemoveServer:input_type -> berth.v1.RemoveServerRequest
-	41, // 71: berth.v1.AdminService.TransferLeadership:input_type -> berth.v1.TransferLeadershipRequest
-	43, // 72: berth.v1.AdminService.Watch:input_type -> berth.v1.WatchRequest
-	5,  // 73: berth.v1.AdminService.ClusterStatus:output_type -> berth.v1.ClusterStatusResponse
-	7,  // 74: berth.v1.AdminService.ListProxies:output_type -> berth.v1.ListProxiesResponse
-	9,  // 75: berth.v1.AdminService.GetProxy:output_type -> berth.v1.GetProxyResponse
-	11, // 76: berth.v1.AdminService.ListEndpoints:output_type -> berth.v1.ListEndpointsResponse
-	14, // 77: berth.v1.AdminService.GetEndpoint:output_type -> berth.v1.GetEndpointResponse
-	16, // 78: berth.v1.AdminService.ListConnections:output_type -> berth.v1.ListConnectionsResponse
-	18, // 79: berth.v1.AdminService.GetConnection:output_type -> berth.v1.GetConnectionResponse
-	20, // 80: berth.v1.AdminService.ListMoves:output_type -> berth.v1.ListMovesResponse
-	22, // 81: berth.v1.AdminService.GetMove:output_type -> berth.v1.GetMoveResponse
-	24, // 82: berth.v1.AdminService.CordonProxy:output_type -> berth.v1.CordonProxyResponse
-	26, // 83: berth.v1.AdminService.UncordonProxy:output_type -> berth.v1.UncordonProxyResponse
-	28, // 84: berth.v1.AdminService.DrainProxy:output_type -> berth.v1.DrainProxyResponse
-	30, // 85: berth.v1.AdminService.Rebalance:output_type -> berth.v1.RebalanceResponse
-	32, // 86: berth.v1.AdminService.CreateAdminToken:output_type -> berth.v1.CreateAdminTokenResponse
-	34, // 87: berth.v1.AdminService.RevokeAdminToken:output_type -> berth.v1.RevokeAdminTokenResponse
-	36, // 88: berth.v1.AdminService.ListAdminTokens:output_type -> berth.v1.ListAdminTokensResponse
-	38, // 89: berth.v1.AdminService.AddServer:output_type -> berth.v1.AddServerResponse
-	40, // 90: berth.v1.AdminService.RemoveServer:output_type -> berth.v1.RemoveServerResponse
-	42, // 91: berth.v1.AdminService.TransferLeadership:output_type -> berth.v1.TransferLeadershipResponse
-	48, // 92: berth.v1.AdminService.Watch:output_type -> berth.v1.WatchResponse
-	73, // [73:93] is the sub-list for method output_type
-	53, // [53:73] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	52, // 1: berth.v1.ServerStatus.build:type_name -> berth.v1.BuildInfo
+	4,  // 2: berth.v1.ClusterStatusResponse.servers:type_name -> berth.v1.ServerStatus
+	0,  // 3: berth.v1.ListProxiesRequest.consistency:type_name -> berth.v1.Consistency
+	53, // 4: berth.v1.ListProxiesRequest.statuses:type_name -> berth.v1.ProxyStatus
+	54, // 5: berth.v1.ListProxiesResponse.proxies:type_name -> berth.v1.Proxy
+	2,  // 6: berth.v1.ListProxiesResponse.header:type_name -> berth.v1.ReadHeader
+	49, // 7: berth.v1.ListProxiesResponse.load:type_name -> berth.v1.ListProxiesResponse.LoadEntry
+	50, // 8: berth.v1.ListProxiesResponse.target_connections:type_name -> berth.v1.ListProxiesResponse.TargetConnectionsEntry
+	51, // 9: berth.v1.ListProxiesResponse.connection_counts:type_name -> berth.v1.ListProxiesResponse.ConnectionCountsEntry
+	0,  // 10: berth.v1.GetProxyRequest.consistency:type_name -> berth.v1.Consistency
+	54, // 11: berth.v1.GetProxyResponse.proxy:type_name -> berth.v1.Proxy
+	2,  // 12: berth.v1.GetProxyResponse.header:type_name -> berth.v1.ReadHeader
+	0,  // 13: berth.v1.ListEndpointsRequest.consistency:type_name -> berth.v1.Consistency
+	55, // 14: berth.v1.ListEndpointsResponse.endpoints:type_name -> berth.v1.Endpoint
+	2,  // 15: berth.v1.ListEndpointsResponse.header:type_name -> berth.v1.ReadHeader
+	12, // 16: berth.v1.ListEndpointsResponse.connectivity:type_name -> berth.v1.EndpointConnectivity
+	56, // 17: berth.v1.EndpointConnectivity.state:type_name -> berth.v1.ConnectivityState
+	0,  // 18: berth.v1.GetEndpointRequest.consistency:type_name -> berth.v1.Consistency
+	55, // 19: berth.v1.GetEndpointResponse.endpoint:type_name -> berth.v1.Endpoint
+	2,  // 20: berth.v1.GetEndpointResponse.header:type_name -> berth.v1.ReadHeader
+	0,  // 21: berth.v1.ListConnectionsRequest.consistency:type_name -> berth.v1.Consistency
+	57, // 22: berth.v1.ListConnectionsResponse.connections:type_name -> berth.v1.Connection
+	2,  // 23: berth.v1.ListConnectionsResponse.header:type_name -> berth.v1.ReadHeader
+	0,  // 24: berth.v1.GetConnectionRequest.consistency:type_name -> berth.v1.Consistency
+	57, // 25: berth.v1.GetConnectionResponse.connection:type_name -> berth.v1.Connection
+	2,  // 26: berth.v1.GetConnectionResponse.header:type_name -> berth.v1.ReadHeader
+	0,  // 27: berth.v1.ListMovesRequest.consistency:type_name -> berth.v1.Consistency
+	58, // 28: berth.v1.ListMovesRequest.states:type_name -> berth.v1.MoveState
+	59, // 29: berth.v1.ListMovesResponse.moves:type_name -> berth.v1.Move
+	2,  // 30: berth.v1.ListMovesResponse.header:type_name -> berth.v1.ReadHeader
+	0,  // 31: berth.v1.GetMoveRequest.consistency:type_name -> berth.v1.Consistency
+	59, // 32: berth.v1.GetMoveResponse.move:type_name -> berth.v1.Move
+	2,  // 33: berth.v1.GetMoveResponse.header:type_name -> berth.v1.ReadHeader
+	54, // 34: berth.v1.CordonProxyResponse.proxy:type_name -> berth.v1.Proxy
+	54, // 35: berth.v1.UncordonProxyResponse.proxy:type_name -> berth.v1.Proxy
+	54, // 36: berth.v1.DrainProxyResponse.proxy:type_name -> berth.v1.Proxy
+	59, // 37: berth.v1.RebalanceResponse.moves:type_name -> berth.v1.Move
+	60, // 38: berth.v1.CreateAdminTokenResponse.record:type_name -> berth.v1.AdminToken
+	0,  // 39: berth.v1.ListAdminTokensRequest.consistency:type_name -> berth.v1.Consistency
+	60, // 40: berth.v1.ListAdminTokensResponse.tokens:type_name -> berth.v1.AdminToken
+	2,  // 41: berth.v1.ListAdminTokensResponse.header:type_name -> berth.v1.ReadHeader
+	61, // 42: berth.v1.AddServerRequest.server:type_name -> berth.v1.Server
+	62, // 43: berth.v1.WatchRequest.topics:type_name -> berth.v1.Topic
+	63, // 44: berth.v1.WatchRequest.filter:type_name -> berth.v1.EventFilter
+	44, // 45: berth.v1.WatchRequest.selectors:type_name -> berth.v1.WatchSelector
+	62, // 46: berth.v1.WatchSelector.topics:type_name -> berth.v1.Topic
+	63, // 47: berth.v1.WatchSelector.filter:type_name -> berth.v1.EventFilter
+	64, // 48: berth.v1.WatchSnapshot.events:type_name -> berth.v1.Event
+	64, // 49: berth.v1.WatchEvents.events:type_name -> berth.v1.Event
+	45, // 50: berth.v1.WatchResponse.snapshot:type_name -> berth.v1.WatchSnapshot
+	46, // 51: berth.v1.WatchResponse.events:type_name -> berth.v1.WatchEvents
+	47, // 52: berth.v1.WatchResponse.reset:type_name -> berth.v1.WatchReset
+	65, // 53: berth.v1.ListProxiesResponse.LoadEntry.value:type_name -> berth.v1.LoadSample
+	3,  // 54: berth.v1.AdminService.ClusterStatus:input_type -> berth.v1.ClusterStatusRequest
+	6,  // 55: berth.v1.AdminService.ListProxies:input_type -> berth.v1.ListProxiesRequest
+	8,  // 56: berth.v1.AdminService.GetProxy:input_type -> berth.v1.GetProxyRequest
+	10, // 57: berth.v1.AdminService.ListEndpoints:input_type -> berth.v1.ListEndpointsRequest
+	13, // 58: berth.v1.AdminService.GetEndpoint:input_type -> berth.v1.GetEndpointRequest
+	15, // 59: berth.v1.AdminService.ListConnections:input_type -> berth.v1.ListConnectionsRequest
+	17, // 60: berth.v1.AdminService.GetConnection:input_type -> berth.v1.GetConnectionRequest
+	19, // 61: berth.v1.AdminService.ListMoves:input_type -> berth.v1.ListMovesRequest
+	21, // 62: berth.v1.AdminService.GetMove:input_type -> berth.v1.GetMoveRequest
+	23, // 63: berth.v1.AdminService.CordonProxy:input_type -> berth.v1.CordonProxyRequest
+	25, // 64: berth.v1.AdminService.UncordonProxy:input_type -> berth.v1.UncordonProxyRequest
+	27, // 65: berth.v1.AdminService.DrainProxy:input_type -> berth.v1.DrainProxyRequest
+	29, // 66: berth.v1.AdminService.Rebalance:input_type -> berth.v1.RebalanceRequest
+	31, // 67: berth.v1.AdminService.CreateAdminToken:input_type -> berth.v1.CreateAdminTokenRequest
+	33, // 68: berth.v1.AdminService.RevokeAdminToken:input_type -> berth.v1.RevokeAdminTokenRequest
+	35, // 69: berth.v1.AdminService.ListAdminTokens:input_type -> berth.v1.ListAdminTokensRequest
+	37, // 70: berth.v1.AdminService.AddServer:input_type -> berth.v1.AddServerRequest
+	39, // 71: berth.v1.AdminService.RemoveServer:input_type -> berth.v1.RemoveServerRequest
+	41, // 72: berth.v1.AdminService.TransferLeadership:input_type -> berth.v1.TransferLeadershipRequest
+	43, // 73: berth.v1.AdminService.Watch:input_type -> berth.v1.WatchRequest
+	5,  // 74: berth.v1.AdminService.ClusterStatus:output_type -> berth.v1.ClusterStatusResponse
+	7,  // 75: berth.v1.AdminService.ListProxies:output_type -> berth.v1.ListProxiesResponse
+	9,  // 76: berth.v1.AdminService.GetProxy:output_type -> berth.v1.GetProxyResponse
+	11, // 77: berth.v1.AdminService.ListEndpoints:output_type -> berth.v1.ListEndpointsResponse
+	14, // 78: berth.v1.AdminService.GetEndpoint:output_type -> berth.v1.GetEndpointResponse
+	16, // 79: berth.v1.AdminService.ListConnections:output_type -> berth.v1.ListConnectionsResponse
+	18, // 80: berth.v1.AdminService.GetConnection:output_type -> berth.v1.GetConnectionResponse
+	20, // 81: berth.v1.AdminService.ListMoves:output_type -> berth.v1.ListMovesResponse
+	22, // 82: berth.v1.AdminService.GetMove:output_type -> berth.v1.GetMoveResponse
+	24, // 83: berth.v1.AdminService.CordonProxy:output_type -> berth.v1.CordonProxyResponse
+	26, // 84: berth.v1.AdminService.UncordonProxy:output_type -> berth.v1.UncordonProxyResponse
+	28, // 85: berth.v1.AdminService.DrainProxy:output_type -> berth.v1.DrainProxyResponse
+	30, // 86: berth.v1.AdminService.Rebalance:output_type -> berth.v1.RebalanceResponse
+	32, // 87: berth.v1.AdminService.CreateAdminToken:output_type -> berth.v1.CreateAdminTokenResponse
+	34, // 88: berth.v1.AdminService.RevokeAdminToken:output_type -> berth.v1.RevokeAdminTokenResponse
+	36, // 89: berth.v1.AdminService.ListAdminTokens:output_type -> berth.v1.ListAdminTokensResponse
+	38, // 90: berth.v1.AdminService.AddServer:output_type -> berth.v1.AddServerResponse
+	40, // 91: berth.v1.AdminService.RemoveServer:output_type -> berth.v1.RemoveServerResponse
+	42, // 92: berth.v1.AdminService.TransferLeadership:output_type -> berth.v1.TransferLeadershipResponse
+	48, // 93: berth.v1.AdminService.Watch:output_type -> berth.v1.WatchResponse
+	74, // [74:94] is the sub-list for method output_type
+	54, // [54:74] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_berth_v1_admin_proto_init() }
@@ -3201,6 +3213,7 @@ func file_berth_v1_admin_proto_init() {
 	if File_berth_v1_admin_proto != nil {
 		return
 	}
+	file_berth_v1_build_proto_init()
 	file_berth_v1_events_proto_init()
 	file_berth_v1_model_proto_init()
 	file_berth_v1_admin_proto_msgTypes[46].OneofWrappers = []any{

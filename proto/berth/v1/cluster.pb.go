@@ -338,8 +338,10 @@ type NodeInfoResponse struct {
 	LastContactMs int64  `protobuf:"varint,12,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
 	// Number of servers in the node's Raft configuration.
 	ConfiguredServers uint32 `protobuf:"varint,13,opt,name=configured_servers,json=configuredServers,proto3" json:"configured_servers,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The berthd build the node runs.
+	Build         *BuildInfo `protobuf:"bytes,14,opt,name=build,proto3" json:"build,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeInfoResponse) Reset() {
@@ -461,6 +463,13 @@ func (x *NodeInfoResponse) GetConfiguredServers() uint32 {
 		return x.ConfiguredServers
 	}
 	return 0
+}
+
+func (x *NodeInfoResponse) GetBuild() *BuildInfo {
+	if x != nil {
+		return x.Build
+	}
+	return nil
 }
 
 type JoinRequest struct {
@@ -715,7 +724,7 @@ var File_berth_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_berth_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16berth/v1/cluster.proto\x12\bberth.v1\x1a\x16berth/v1/command.proto\x1a\x14berth/v1/model.proto\";\n" +
+	"\x16berth/v1/cluster.proto\x12\bberth.v1\x1a\x14berth/v1/build.proto\x1a\x16berth/v1/command.proto\x1a\x14berth/v1/model.proto\";\n" +
 	"\fApplyRequest\x12+\n" +
 	"\acommand\x18\x01 \x01(\v2\x11.berth.v1.CommandR\acommand\"@\n" +
 	"\rApplyResponse\x12/\n" +
@@ -728,7 +737,7 @@ const file_berth_v1_cluster_proto_rawDesc = "" +
 	"\x06verify\x18\x01 \x01(\bR\x06verify\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"\x11\n" +
-	"\x0fNodeInfoRequest\"\xb8\x03\n" +
+	"\x0fNodeInfoRequest\"\xe3\x03\n" +
 	"\x10NodeInfoResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12!\n" +
@@ -743,7 +752,8 @@ const file_berth_v1_cluster_proto_rawDesc = "" +
 	" \x01(\tR\bleaderId\x12%\n" +
 	"\x0eleader_address\x18\v \x01(\tR\rleaderAddress\x12&\n" +
 	"\x0flast_contact_ms\x18\f \x01(\x03R\rlastContactMs\x12-\n" +
-	"\x12configured_servers\x18\r \x01(\rR\x11configuredServers\"S\n" +
+	"\x12configured_servers\x18\r \x01(\rR\x11configuredServers\x12)\n" +
+	"\x05build\x18\x0e \x01(\v2\x13.berth.v1.BuildInfoR\x05build\"S\n" +
 	"\vJoinRequest\x12(\n" +
 	"\x06server\x18\x01 \x01(\v2\x10.berth.v1.ServerR\x06server\x12\x1a\n" +
 	"\bnonvoter\x18\x02 \x01(\bR\bnonvoter\"\x0e\n" +
@@ -795,36 +805,38 @@ var file_berth_v1_cluster_proto_goTypes = []any{
 	(*GetLoadResponse)(nil),    // 13: berth.v1.GetLoadResponse
 	(*Command)(nil),            // 14: berth.v1.Command
 	(*CommandResult)(nil),      // 15: berth.v1.CommandResult
-	(*Server)(nil),             // 16: berth.v1.Server
-	(*LoadSample)(nil),         // 17: berth.v1.LoadSample
+	(*BuildInfo)(nil),          // 16: berth.v1.BuildInfo
+	(*Server)(nil),             // 17: berth.v1.Server
+	(*LoadSample)(nil),         // 18: berth.v1.LoadSample
 }
 var file_berth_v1_cluster_proto_depIdxs = []int32{
 	14, // 0: berth.v1.ApplyRequest.command:type_name -> berth.v1.Command
 	15, // 1: berth.v1.ApplyResponse.result:type_name -> berth.v1.CommandResult
 	14, // 2: berth.v1.ApplyBatchRequest.commands:type_name -> berth.v1.Command
 	15, // 3: berth.v1.ApplyBatchResponse.results:type_name -> berth.v1.CommandResult
-	16, // 4: berth.v1.JoinRequest.server:type_name -> berth.v1.Server
-	17, // 5: berth.v1.ReportLoadRequest.samples:type_name -> berth.v1.LoadSample
-	17, // 6: berth.v1.GetLoadResponse.samples:type_name -> berth.v1.LoadSample
-	0,  // 7: berth.v1.ClusterService.Apply:input_type -> berth.v1.ApplyRequest
-	2,  // 8: berth.v1.ClusterService.ApplyBatch:input_type -> berth.v1.ApplyBatchRequest
-	4,  // 9: berth.v1.ClusterService.ReadIndex:input_type -> berth.v1.ReadIndexRequest
-	6,  // 10: berth.v1.ClusterService.NodeInfo:input_type -> berth.v1.NodeInfoRequest
-	8,  // 11: berth.v1.ClusterService.Join:input_type -> berth.v1.JoinRequest
-	10, // 12: berth.v1.ClusterService.ReportLoad:input_type -> berth.v1.ReportLoadRequest
-	12, // 13: berth.v1.ClusterService.GetLoad:input_type -> berth.v1.GetLoadRequest
-	1,  // 14: berth.v1.ClusterService.Apply:output_type -> berth.v1.ApplyResponse
-	3,  // 15: berth.v1.ClusterService.ApplyBatch:output_type -> berth.v1.ApplyBatchResponse
-	5,  // 16: berth.v1.ClusterService.ReadIndex:output_type -> berth.v1.ReadIndexResponse
-	7,  // 17: berth.v1.ClusterService.NodeInfo:output_type -> berth.v1.NodeInfoResponse
-	9,  // 18: berth.v1.ClusterService.Join:output_type -> berth.v1.JoinResponse
-	11, // 19: berth.v1.ClusterService.ReportLoad:output_type -> berth.v1.ReportLoadResponse
-	13, // 20: berth.v1.ClusterService.GetLoad:output_type -> berth.v1.GetLoadResponse
-	14, // [14:21] is the sub-list for method output_type
-	7,  // [7:14] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	16, // 4: berth.v1.NodeInfoResponse.build:type_name -> berth.v1.BuildInfo
+	17, // 5: berth.v1.JoinRequest.server:type_name -> berth.v1.Server
+	18, // 6: berth.v1.ReportLoadRequest.samples:type_name -> berth.v1.LoadSample
+	18, // 7: berth.v1.GetLoadResponse.samples:type_name -> berth.v1.LoadSample
+	0,  // 8: berth.v1.ClusterService.Apply:input_type -> berth.v1.ApplyRequest
+	2,  // 9: berth.v1.ClusterService.ApplyBatch:input_type -> berth.v1.ApplyBatchRequest
+	4,  // 10: berth.v1.ClusterService.ReadIndex:input_type -> berth.v1.ReadIndexRequest
+	6,  // 11: berth.v1.ClusterService.NodeInfo:input_type -> berth.v1.NodeInfoRequest
+	8,  // 12: berth.v1.ClusterService.Join:input_type -> berth.v1.JoinRequest
+	10, // 13: berth.v1.ClusterService.ReportLoad:input_type -> berth.v1.ReportLoadRequest
+	12, // 14: berth.v1.ClusterService.GetLoad:input_type -> berth.v1.GetLoadRequest
+	1,  // 15: berth.v1.ClusterService.Apply:output_type -> berth.v1.ApplyResponse
+	3,  // 16: berth.v1.ClusterService.ApplyBatch:output_type -> berth.v1.ApplyBatchResponse
+	5,  // 17: berth.v1.ClusterService.ReadIndex:output_type -> berth.v1.ReadIndexResponse
+	7,  // 18: berth.v1.ClusterService.NodeInfo:output_type -> berth.v1.NodeInfoResponse
+	9,  // 19: berth.v1.ClusterService.Join:output_type -> berth.v1.JoinResponse
+	11, // 20: berth.v1.ClusterService.ReportLoad:output_type -> berth.v1.ReportLoadResponse
+	13, // 21: berth.v1.ClusterService.GetLoad:output_type -> berth.v1.GetLoadResponse
+	15, // [15:22] is the sub-list for method output_type
+	8,  // [8:15] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_berth_v1_cluster_proto_init() }
@@ -832,6 +844,7 @@ func file_berth_v1_cluster_proto_init() {
 	if File_berth_v1_cluster_proto != nil {
 		return
 	}
+	file_berth_v1_build_proto_init()
 	file_berth_v1_command_proto_init()
 	file_berth_v1_model_proto_init()
 	type x struct{}
