@@ -1763,6 +1763,95 @@ func (x *DrainProxyResponse) GetProxy() *Proxy {
 	return nil
 }
 
+type RemoveProxyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ProxyId       string                 `protobuf:"bytes,1,opt,name=proxy_id,json=proxyId,proto3" json:"proxy_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveProxyRequest) Reset() {
+	*x = RemoveProxyRequest{}
+	mi := &file_berth_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveProxyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveProxyRequest) ProtoMessage() {}
+
+func (x *RemoveProxyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveProxyRequest.ProtoReflect.Descriptor instead.
+func (*RemoveProxyRequest) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RemoveProxyRequest) GetProxyId() string {
+	if x != nil {
+		return x.ProxyId
+	}
+	return ""
+}
+
+type RemoveProxyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Index of the removal.
+	Index         uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveProxyResponse) Reset() {
+	*x = RemoveProxyResponse{}
+	mi := &file_berth_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveProxyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveProxyResponse) ProtoMessage() {}
+
+func (x *RemoveProxyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveProxyResponse.ProtoReflect.Descriptor instead.
+func (*RemoveProxyResponse) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RemoveProxyResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 type RebalanceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DryRun        bool                   `protobuf:"varint,1,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
@@ -1772,7 +1861,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[27]
+	mi := &file_berth_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1784,7 +1873,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[27]
+	mi := &file_berth_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1797,7 +1886,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -1821,7 +1910,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[28]
+	mi := &file_berth_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1922,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[28]
+	mi := &file_berth_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1935,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RebalanceResponse) GetMoves() []*Move {
@@ -1883,7 +1972,7 @@ type CreateAdminTokenRequest struct {
 
 func (x *CreateAdminTokenRequest) Reset() {
 	*x = CreateAdminTokenRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[29]
+	mi := &file_berth_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +1984,7 @@ func (x *CreateAdminTokenRequest) String() string {
 func (*CreateAdminTokenRequest) ProtoMessage() {}
 
 func (x *CreateAdminTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[29]
+	mi := &file_berth_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +1997,7 @@ func (x *CreateAdminTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAdminTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateAdminTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CreateAdminTokenRequest) GetName() string {
@@ -1944,7 +2033,7 @@ type CreateAdminTokenResponse struct {
 
 func (x *CreateAdminTokenResponse) Reset() {
 	*x = CreateAdminTokenResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[30]
+	mi := &file_berth_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1956,7 +2045,7 @@ func (x *CreateAdminTokenResponse) String() string {
 func (*CreateAdminTokenResponse) ProtoMessage() {}
 
 func (x *CreateAdminTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[30]
+	mi := &file_berth_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1969,7 +2058,7 @@ func (x *CreateAdminTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAdminTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateAdminTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CreateAdminTokenResponse) GetToken() string {
@@ -1995,7 +2084,7 @@ type RevokeAdminTokenRequest struct {
 
 func (x *RevokeAdminTokenRequest) Reset() {
 	*x = RevokeAdminTokenRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[31]
+	mi := &file_berth_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2096,7 @@ func (x *RevokeAdminTokenRequest) String() string {
 func (*RevokeAdminTokenRequest) ProtoMessage() {}
 
 func (x *RevokeAdminTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[31]
+	mi := &file_berth_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2109,7 @@ func (x *RevokeAdminTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAdminTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAdminTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RevokeAdminTokenRequest) GetTokenId() string {
@@ -2038,7 +2127,7 @@ type RevokeAdminTokenResponse struct {
 
 func (x *RevokeAdminTokenResponse) Reset() {
 	*x = RevokeAdminTokenResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[32]
+	mi := &file_berth_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2050,7 +2139,7 @@ func (x *RevokeAdminTokenResponse) String() string {
 func (*RevokeAdminTokenResponse) ProtoMessage() {}
 
 func (x *RevokeAdminTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[32]
+	mi := &file_berth_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2063,7 +2152,7 @@ func (x *RevokeAdminTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAdminTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeAdminTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 type ListAdminTokensRequest struct {
@@ -2075,7 +2164,7 @@ type ListAdminTokensRequest struct {
 
 func (x *ListAdminTokensRequest) Reset() {
 	*x = ListAdminTokensRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[33]
+	mi := &file_berth_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2176,7 @@ func (x *ListAdminTokensRequest) String() string {
 func (*ListAdminTokensRequest) ProtoMessage() {}
 
 func (x *ListAdminTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[33]
+	mi := &file_berth_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2189,7 @@ func (x *ListAdminTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdminTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListAdminTokensRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListAdminTokensRequest) GetConsistency() Consistency {
@@ -2121,7 +2210,7 @@ type ListAdminTokensResponse struct {
 
 func (x *ListAdminTokensResponse) Reset() {
 	*x = ListAdminTokensResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[34]
+	mi := &file_berth_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2133,7 +2222,7 @@ func (x *ListAdminTokensResponse) String() string {
 func (*ListAdminTokensResponse) ProtoMessage() {}
 
 func (x *ListAdminTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[34]
+	mi := &file_berth_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2146,7 +2235,7 @@ func (x *ListAdminTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdminTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListAdminTokensResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListAdminTokensResponse) GetTokens() []*AdminToken {
@@ -2174,7 +2263,7 @@ type AddServerRequest struct {
 
 func (x *AddServerRequest) Reset() {
 	*x = AddServerRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[35]
+	mi := &file_berth_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2275,7 @@ func (x *AddServerRequest) String() string {
 func (*AddServerRequest) ProtoMessage() {}
 
 func (x *AddServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[35]
+	mi := &file_berth_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2288,7 @@ func (x *AddServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddServerRequest.ProtoReflect.Descriptor instead.
 func (*AddServerRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AddServerRequest) GetServer() *Server {
@@ -2224,7 +2313,7 @@ type AddServerResponse struct {
 
 func (x *AddServerResponse) Reset() {
 	*x = AddServerResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[36]
+	mi := &file_berth_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2236,7 +2325,7 @@ func (x *AddServerResponse) String() string {
 func (*AddServerResponse) ProtoMessage() {}
 
 func (x *AddServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[36]
+	mi := &file_berth_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2249,7 +2338,7 @@ func (x *AddServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddServerResponse.ProtoReflect.Descriptor instead.
 func (*AddServerResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 type RemoveServerRequest struct {
@@ -2261,7 +2350,7 @@ type RemoveServerRequest struct {
 
 func (x *RemoveServerRequest) Reset() {
 	*x = RemoveServerRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[37]
+	mi := &file_berth_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2362,7 @@ func (x *RemoveServerRequest) String() string {
 func (*RemoveServerRequest) ProtoMessage() {}
 
 func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[37]
+	mi := &file_berth_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2375,7 @@ func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServerRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RemoveServerRequest) GetServerId() string {
@@ -2304,7 +2393,7 @@ type RemoveServerResponse struct {
 
 func (x *RemoveServerResponse) Reset() {
 	*x = RemoveServerResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[38]
+	mi := &file_berth_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2316,7 +2405,7 @@ func (x *RemoveServerResponse) String() string {
 func (*RemoveServerResponse) ProtoMessage() {}
 
 func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[38]
+	mi := &file_berth_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2329,7 +2418,7 @@ func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServerResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 type TransferLeadershipRequest struct {
@@ -2342,7 +2431,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[39]
+	mi := &file_berth_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2443,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[39]
+	mi := &file_berth_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2456,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *TransferLeadershipRequest) GetServerId() string {
@@ -2386,7 +2475,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[40]
+	mi := &file_berth_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2398,7 +2487,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[40]
+	mi := &file_berth_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2411,12 +2500,327 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
 	if x != nil {
 		return x.LeaderId
+	}
+	return ""
+}
+
+type SaveSnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveSnapshotRequest) Reset() {
+	*x = SaveSnapshotRequest{}
+	mi := &file_berth_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveSnapshotRequest) ProtoMessage() {}
+
+func (x *SaveSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SaveSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+// BackupHeader describes a saved registry: it opens a backup file (after
+// the magic "BERTHBAK") and the first message of a save or restore.
+type BackupHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Version of the backup format; this build writes and reads 1.
+	FormatVersion uint32 `protobuf:"varint,1,opt,name=format_version,json=formatVersion,proto3" json:"format_version,omitempty"`
+	// Registry index the copy reflects.
+	Index         uint64 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	CreatedUnixMs int64  `protobuf:"varint,3,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
+	// Node that took the copy.
+	ServedBy string `protobuf:"bytes,4,opt,name=served_by,json=servedBy,proto3" json:"served_by,omitempty"`
+	// Length and SHA-256 of the snapshot bytes that follow.
+	Size   uint64 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	Sha256 []byte `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// What the copy holds.
+	Counts        *SnapshotTrailer `protobuf:"bytes,7,opt,name=counts,proto3" json:"counts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupHeader) Reset() {
+	*x = BackupHeader{}
+	mi := &file_berth_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupHeader) ProtoMessage() {}
+
+func (x *BackupHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupHeader.ProtoReflect.Descriptor instead.
+func (*BackupHeader) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *BackupHeader) GetFormatVersion() uint32 {
+	if x != nil {
+		return x.FormatVersion
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetCreatedUnixMs() int64 {
+	if x != nil {
+		return x.CreatedUnixMs
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetServedBy() string {
+	if x != nil {
+		return x.ServedBy
+	}
+	return ""
+}
+
+func (x *BackupHeader) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *BackupHeader) GetCounts() *SnapshotTrailer {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+// SaveSnapshotResponse is one chunk of a saved registry.
+type SaveSnapshotResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// On the first chunk only.
+	Header        *BackupHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Data          []byte        `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveSnapshotResponse) Reset() {
+	*x = SaveSnapshotResponse{}
+	mi := &file_berth_v1_admin_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveSnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveSnapshotResponse) ProtoMessage() {}
+
+func (x *SaveSnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveSnapshotResponse.ProtoReflect.Descriptor instead.
+func (*SaveSnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *SaveSnapshotResponse) GetHeader() *BackupHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *SaveSnapshotResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// RestoreSnapshotRequest is one chunk of a registry to restore.
+type RestoreSnapshotRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// On the first chunk only.
+	Header *BackupHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Data   []byte        `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// On the first chunk: replace a registry that is not empty.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreSnapshotRequest) Reset() {
+	*x = RestoreSnapshotRequest{}
+	mi := &file_berth_v1_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreSnapshotRequest) ProtoMessage() {}
+
+func (x *RestoreSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*RestoreSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *RestoreSnapshotRequest) GetHeader() *BackupHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RestoreSnapshotRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *RestoreSnapshotRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RestoreSnapshotResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Raft index the restored registry starts at (every later write is
+	// above it and above every version in the copy).
+	Index uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// What was restored.
+	Counts        *SnapshotTrailer `protobuf:"bytes,2,opt,name=counts,proto3" json:"counts,omitempty"`
+	ServedBy      string           `protobuf:"bytes,3,opt,name=served_by,json=servedBy,proto3" json:"served_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreSnapshotResponse) Reset() {
+	*x = RestoreSnapshotResponse{}
+	mi := &file_berth_v1_admin_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreSnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreSnapshotResponse) ProtoMessage() {}
+
+func (x *RestoreSnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreSnapshotResponse.ProtoReflect.Descriptor instead.
+func (*RestoreSnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *RestoreSnapshotResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *RestoreSnapshotResponse) GetCounts() *SnapshotTrailer {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+func (x *RestoreSnapshotResponse) GetServedBy() string {
+	if x != nil {
+		return x.ServedBy
 	}
 	return ""
 }
@@ -2438,7 +2842,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[41]
+	mi := &file_berth_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2854,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[41]
+	mi := &file_berth_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2867,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *WatchRequest) GetTopics() []Topic {
@@ -2504,7 +2908,7 @@ type WatchSelector struct {
 
 func (x *WatchSelector) Reset() {
 	*x = WatchSelector{}
-	mi := &file_berth_v1_admin_proto_msgTypes[42]
+	mi := &file_berth_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2516,7 +2920,7 @@ func (x *WatchSelector) String() string {
 func (*WatchSelector) ProtoMessage() {}
 
 func (x *WatchSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[42]
+	mi := &file_berth_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2529,7 +2933,7 @@ func (x *WatchSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSelector.ProtoReflect.Descriptor instead.
 func (*WatchSelector) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *WatchSelector) GetTopics() []Topic {
@@ -2559,7 +2963,7 @@ type WatchSnapshot struct {
 
 func (x *WatchSnapshot) Reset() {
 	*x = WatchSnapshot{}
-	mi := &file_berth_v1_admin_proto_msgTypes[43]
+	mi := &file_berth_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2571,7 +2975,7 @@ func (x *WatchSnapshot) String() string {
 func (*WatchSnapshot) ProtoMessage() {}
 
 func (x *WatchSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[43]
+	mi := &file_berth_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2584,7 +2988,7 @@ func (x *WatchSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSnapshot.ProtoReflect.Descriptor instead.
 func (*WatchSnapshot) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *WatchSnapshot) GetIndex() uint64 {
@@ -2617,7 +3021,7 @@ type WatchEvents struct {
 
 func (x *WatchEvents) Reset() {
 	*x = WatchEvents{}
-	mi := &file_berth_v1_admin_proto_msgTypes[44]
+	mi := &file_berth_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2629,7 +3033,7 @@ func (x *WatchEvents) String() string {
 func (*WatchEvents) ProtoMessage() {}
 
 func (x *WatchEvents) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[44]
+	mi := &file_berth_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2642,7 +3046,7 @@ func (x *WatchEvents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvents.ProtoReflect.Descriptor instead.
 func (*WatchEvents) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *WatchEvents) GetEvents() []*Event {
@@ -2661,7 +3065,7 @@ type WatchReset struct {
 
 func (x *WatchReset) Reset() {
 	*x = WatchReset{}
-	mi := &file_berth_v1_admin_proto_msgTypes[45]
+	mi := &file_berth_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2673,7 +3077,7 @@ func (x *WatchReset) String() string {
 func (*WatchReset) ProtoMessage() {}
 
 func (x *WatchReset) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[45]
+	mi := &file_berth_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2686,7 +3090,7 @@ func (x *WatchReset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReset.ProtoReflect.Descriptor instead.
 func (*WatchReset) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *WatchReset) GetReason() string {
@@ -2710,7 +3114,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[46]
+	mi := &file_berth_v1_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2722,7 +3126,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[46]
+	mi := &file_berth_v1_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2735,7 +3139,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *WatchResponse) GetKind() isWatchResponse_Kind {
@@ -2800,7 +3204,7 @@ var File_berth_v1_admin_proto protoreflect.FileDescriptor
 
 const file_berth_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14berth/v1/admin.proto\x12\bberth.v1\x1a\x15berth/v1/events.proto\x1a\x14berth/v1/model.proto\"?\n" +
+	"\x14berth/v1/admin.proto\x12\bberth.v1\x1a\x15berth/v1/events.proto\x1a\x14berth/v1/model.proto\x1a\x17berth/v1/snapshot.proto\"?\n" +
 	"\n" +
 	"ReadHeader\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1b\n" +
@@ -2925,7 +3329,11 @@ const file_berth_v1_admin_proto_rawDesc = "" +
 	"\x11DrainProxyRequest\x12\x19\n" +
 	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\";\n" +
 	"\x12DrainProxyResponse\x12%\n" +
-	"\x05proxy\x18\x01 \x01(\v2\x0f.berth.v1.ProxyR\x05proxy\"+\n" +
+	"\x05proxy\x18\x01 \x01(\v2\x0f.berth.v1.ProxyR\x05proxy\"/\n" +
+	"\x12RemoveProxyRequest\x12\x19\n" +
+	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\"+\n" +
+	"\x13RemoveProxyResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"+\n" +
 	"\x10RebalanceRequest\x12\x17\n" +
 	"\adry_run\x18\x01 \x01(\bR\x06dryRun\"t\n" +
 	"\x11RebalanceResponse\x12$\n" +
@@ -2958,7 +3366,27 @@ const file_berth_v1_admin_proto_rawDesc = "" +
 	"\x19TransferLeadershipRequest\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\"9\n" +
 	"\x1aTransferLeadershipResponse\x12\x1b\n" +
-	"\tleader_id\x18\x01 \x01(\tR\bleaderId\"\xbe\x01\n" +
+	"\tleader_id\x18\x01 \x01(\tR\bleaderId\"\x15\n" +
+	"\x13SaveSnapshotRequest\"\xef\x01\n" +
+	"\fBackupHeader\x12%\n" +
+	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12&\n" +
+	"\x0fcreated_unix_ms\x18\x03 \x01(\x03R\rcreatedUnixMs\x12\x1b\n" +
+	"\tserved_by\x18\x04 \x01(\tR\bservedBy\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\x04R\x04size\x12\x16\n" +
+	"\x06sha256\x18\x06 \x01(\fR\x06sha256\x121\n" +
+	"\x06counts\x18\a \x01(\v2\x19.berth.v1.SnapshotTrailerR\x06counts\"Z\n" +
+	"\x14SaveSnapshotResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.berth.v1.BackupHeaderR\x06header\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"r\n" +
+	"\x16RestoreSnapshotRequest\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.berth.v1.BackupHeaderR\x06header\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"\x7f\n" +
+	"\x17RestoreSnapshotResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x121\n" +
+	"\x06counts\x18\x02 \x01(\v2\x19.berth.v1.SnapshotTrailerR\x06counts\x12\x1b\n" +
+	"\tserved_by\x18\x03 \x01(\tR\bservedBy\"\xbe\x01\n" +
 	"\fWatchRequest\x12'\n" +
 	"\x06topics\x18\x01 \x03(\x0e2\x0f.berth.v1.TopicR\x06topics\x12-\n" +
 	"\x06filter\x18\x02 \x01(\v2\x15.berth.v1.EventFilterR\x06filter\x12\x1f\n" +
@@ -2990,7 +3418,7 @@ const file_berth_v1_admin_proto_rawDesc = "" +
 	"\x0eServerSuffrage\x12\x1f\n" +
 	"\x1bSERVER_SUFFRAGE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SERVER_SUFFRAGE_VOTER\x10\x01\x12\x1c\n" +
-	"\x18SERVER_SUFFRAGE_NONVOTER\x10\x022\xaa\f\n" +
+	"\x18SERVER_SUFFRAGE_NONVOTER\x10\x022\xa1\x0e\n" +
 	"\fAdminService\x12P\n" +
 	"\rClusterStatus\x12\x1e.berth.v1.ClusterStatusRequest\x1a\x1f.berth.v1.ClusterStatusResponse\x12J\n" +
 	"\vListProxies\x12\x1c.berth.v1.ListProxiesRequest\x1a\x1d.berth.v1.ListProxiesResponse\x12A\n" +
@@ -3004,14 +3432,17 @@ const file_berth_v1_admin_proto_rawDesc = "" +
 	"\vCordonProxy\x12\x1c.berth.v1.CordonProxyRequest\x1a\x1d.berth.v1.CordonProxyResponse\x12P\n" +
 	"\rUncordonProxy\x12\x1e.berth.v1.UncordonProxyRequest\x1a\x1f.berth.v1.UncordonProxyResponse\x12G\n" +
 	"\n" +
-	"DrainProxy\x12\x1b.berth.v1.DrainProxyRequest\x1a\x1c.berth.v1.DrainProxyResponse\x12D\n" +
+	"DrainProxy\x12\x1b.berth.v1.DrainProxyRequest\x1a\x1c.berth.v1.DrainProxyResponse\x12J\n" +
+	"\vRemoveProxy\x12\x1c.berth.v1.RemoveProxyRequest\x1a\x1d.berth.v1.RemoveProxyResponse\x12D\n" +
 	"\tRebalance\x12\x1a.berth.v1.RebalanceRequest\x1a\x1b.berth.v1.RebalanceResponse\x12Y\n" +
 	"\x10CreateAdminToken\x12!.berth.v1.CreateAdminTokenRequest\x1a\".berth.v1.CreateAdminTokenResponse\x12Y\n" +
 	"\x10RevokeAdminToken\x12!.berth.v1.RevokeAdminTokenRequest\x1a\".berth.v1.RevokeAdminTokenResponse\x12V\n" +
 	"\x0fListAdminTokens\x12 .berth.v1.ListAdminTokensRequest\x1a!.berth.v1.ListAdminTokensResponse\x12D\n" +
 	"\tAddServer\x12\x1a.berth.v1.AddServerRequest\x1a\x1b.berth.v1.AddServerResponse\x12M\n" +
 	"\fRemoveServer\x12\x1d.berth.v1.RemoveServerRequest\x1a\x1e.berth.v1.RemoveServerResponse\x12_\n" +
-	"\x12TransferLeadership\x12#.berth.v1.TransferLeadershipRequest\x1a$.berth.v1.TransferLeadershipResponse\x12:\n" +
+	"\x12TransferLeadership\x12#.berth.v1.TransferLeadershipRequest\x1a$.berth.v1.TransferLeadershipResponse\x12O\n" +
+	"\fSaveSnapshot\x12\x1d.berth.v1.SaveSnapshotRequest\x1a\x1e.berth.v1.SaveSnapshotResponse0\x01\x12X\n" +
+	"\x0fRestoreSnapshot\x12 .berth.v1.RestoreSnapshotRequest\x1a!.berth.v1.RestoreSnapshotResponse(\x01\x12:\n" +
 	"\x05Watch\x12\x16.berth.v1.WatchRequest\x1a\x17.berth.v1.WatchResponse0\x01B1Z/github.com/berthhq/berth/proto/berth/v1;berthv1b\x06proto3"
 
 var (
@@ -3027,7 +3458,7 @@ func file_berth_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_berth_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_berth_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_berth_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_berth_v1_admin_proto_goTypes = []any{
 	(Consistency)(0),                   // 0: berth.v1.Consistency
 	(ServerSuffrage)(0),                // 1: berth.v1.ServerSuffrage
@@ -3058,142 +3489,160 @@ var file_berth_v1_admin_proto_goTypes = []any{
 	(*UncordonProxyResponse)(nil),      // 26: berth.v1.UncordonProxyResponse
 	(*DrainProxyRequest)(nil),          // 27: berth.v1.DrainProxyRequest
 	(*DrainProxyResponse)(nil),         // 28: berth.v1.DrainProxyResponse
-	(*RebalanceRequest)(nil),           // 29: berth.v1.RebalanceRequest
-	(*RebalanceResponse)(nil),          // 30: berth.v1.RebalanceResponse
-	(*CreateAdminTokenRequest)(nil),    // 31: berth.v1.CreateAdminTokenRequest
-	(*CreateAdminTokenResponse)(nil),   // 32: berth.v1.CreateAdminTokenResponse
-	(*RevokeAdminTokenRequest)(nil),    // 33: berth.v1.RevokeAdminTokenRequest
-	(*RevokeAdminTokenResponse)(nil),   // 34: berth.v1.RevokeAdminTokenResponse
-	(*ListAdminTokensRequest)(nil),     // 35: berth.v1.ListAdminTokensRequest
-	(*ListAdminTokensResponse)(nil),    // 36: berth.v1.ListAdminTokensResponse
-	(*AddServerRequest)(nil),           // 37: berth.v1.AddServerRequest
-	(*AddServerResponse)(nil),          // 38: berth.v1.AddServerResponse
-	(*RemoveServerRequest)(nil),        // 39: berth.v1.RemoveServerRequest
-	(*RemoveServerResponse)(nil),       // 40: berth.v1.RemoveServerResponse
-	(*TransferLeadershipRequest)(nil),  // 41: berth.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 42: berth.v1.TransferLeadershipResponse
-	(*WatchRequest)(nil),               // 43: berth.v1.WatchRequest
-	(*WatchSelector)(nil),              // 44: berth.v1.WatchSelector
-	(*WatchSnapshot)(nil),              // 45: berth.v1.WatchSnapshot
-	(*WatchEvents)(nil),                // 46: berth.v1.WatchEvents
-	(*WatchReset)(nil),                 // 47: berth.v1.WatchReset
-	(*WatchResponse)(nil),              // 48: berth.v1.WatchResponse
-	nil,                                // 49: berth.v1.ListProxiesResponse.LoadEntry
-	nil,                                // 50: berth.v1.ListProxiesResponse.TargetConnectionsEntry
-	nil,                                // 51: berth.v1.ListProxiesResponse.ConnectionCountsEntry
-	(ProxyStatus)(0),                   // 52: berth.v1.ProxyStatus
-	(*Proxy)(nil),                      // 53: berth.v1.Proxy
-	(*Endpoint)(nil),                   // 54: berth.v1.Endpoint
-	(ConnectivityState)(0),             // 55: berth.v1.ConnectivityState
-	(*Connection)(nil),                 // 56: berth.v1.Connection
-	(MoveState)(0),                     // 57: berth.v1.MoveState
-	(*Move)(nil),                       // 58: berth.v1.Move
-	(*AdminToken)(nil),                 // 59: berth.v1.AdminToken
-	(*Server)(nil),                     // 60: berth.v1.Server
-	(Topic)(0),                         // 61: berth.v1.Topic
-	(*EventFilter)(nil),                // 62: berth.v1.EventFilter
-	(*Event)(nil),                      // 63: berth.v1.Event
-	(*LoadSample)(nil),                 // 64: berth.v1.LoadSample
+	(*RemoveProxyRequest)(nil),         // 29: berth.v1.RemoveProxyRequest
+	(*RemoveProxyResponse)(nil),        // 30: berth.v1.RemoveProxyResponse
+	(*RebalanceRequest)(nil),           // 31: berth.v1.RebalanceRequest
+	(*RebalanceResponse)(nil),          // 32: berth.v1.RebalanceResponse
+	(*CreateAdminTokenRequest)(nil),    // 33: berth.v1.CreateAdminTokenRequest
+	(*CreateAdminTokenResponse)(nil),   // 34: berth.v1.CreateAdminTokenResponse
+	(*RevokeAdminTokenRequest)(nil),    // 35: berth.v1.RevokeAdminTokenRequest
+	(*RevokeAdminTokenResponse)(nil),   // 36: berth.v1.RevokeAdminTokenResponse
+	(*ListAdminTokensRequest)(nil),     // 37: berth.v1.ListAdminTokensRequest
+	(*ListAdminTokensResponse)(nil),    // 38: berth.v1.ListAdminTokensResponse
+	(*AddServerRequest)(nil),           // 39: berth.v1.AddServerRequest
+	(*AddServerResponse)(nil),          // 40: berth.v1.AddServerResponse
+	(*RemoveServerRequest)(nil),        // 41: berth.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),       // 42: berth.v1.RemoveServerResponse
+	(*TransferLeadershipRequest)(nil),  // 43: berth.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 44: berth.v1.TransferLeadershipResponse
+	(*SaveSnapshotRequest)(nil),        // 45: berth.v1.SaveSnapshotRequest
+	(*BackupHeader)(nil),               // 46: berth.v1.BackupHeader
+	(*SaveSnapshotResponse)(nil),       // 47: berth.v1.SaveSnapshotResponse
+	(*RestoreSnapshotRequest)(nil),     // 48: berth.v1.RestoreSnapshotRequest
+	(*RestoreSnapshotResponse)(nil),    // 49: berth.v1.RestoreSnapshotResponse
+	(*WatchRequest)(nil),               // 50: berth.v1.WatchRequest
+	(*WatchSelector)(nil),              // 51: berth.v1.WatchSelector
+	(*WatchSnapshot)(nil),              // 52: berth.v1.WatchSnapshot
+	(*WatchEvents)(nil),                // 53: berth.v1.WatchEvents
+	(*WatchReset)(nil),                 // 54: berth.v1.WatchReset
+	(*WatchResponse)(nil),              // 55: berth.v1.WatchResponse
+	nil,                                // 56: berth.v1.ListProxiesResponse.LoadEntry
+	nil,                                // 57: berth.v1.ListProxiesResponse.TargetConnectionsEntry
+	nil,                                // 58: berth.v1.ListProxiesResponse.ConnectionCountsEntry
+	(ProxyStatus)(0),                   // 59: berth.v1.ProxyStatus
+	(*Proxy)(nil),                      // 60: berth.v1.Proxy
+	(*Endpoint)(nil),                   // 61: berth.v1.Endpoint
+	(ConnectivityState)(0),             // 62: berth.v1.ConnectivityState
+	(*Connection)(nil),                 // 63: berth.v1.Connection
+	(MoveState)(0),                     // 64: berth.v1.MoveState
+	(*Move)(nil),                       // 65: berth.v1.Move
+	(*AdminToken)(nil),                 // 66: berth.v1.AdminToken
+	(*Server)(nil),                     // 67: berth.v1.Server
+	(*SnapshotTrailer)(nil),            // 68: berth.v1.SnapshotTrailer
+	(Topic)(0),                         // 69: berth.v1.Topic
+	(*EventFilter)(nil),                // 70: berth.v1.EventFilter
+	(*Event)(nil),                      // 71: berth.v1.Event
+	(*LoadSample)(nil),                 // 72: berth.v1.LoadSample
 }
 var file_berth_v1_admin_proto_depIdxs = []int32{
 	1,  // 0: berth.v1.ServerStatus.suffrage:type_name -> berth.v1.ServerSuffrage
 	4,  // 1: berth.v1.ClusterStatusResponse.servers:type_name -> berth.v1.ServerStatus
 	0,  // 2: berth.v1.ListProxiesRequest.consistency:type_name -> berth.v1.Consistency
-	52, // 3: berth.v1.ListProxiesRequest.statuses:type_name -> berth.v1.ProxyStatus
-	53, // 4: berth.v1.ListProxiesResponse.proxies:type_name -> berth.v1.Proxy
+	59, // 3: berth.v1.ListProxiesRequest.statuses:type_name -> berth.v1.ProxyStatus
+	60, // 4: berth.v1.ListProxiesResponse.proxies:type_name -> berth.v1.Proxy
 	2,  // 5: berth.v1.ListProxiesResponse.header:type_name -> berth.v1.ReadHeader
-	49, // 6: berth.v1.ListProxiesResponse.load:type_name -> berth.v1.ListProxiesResponse.LoadEntry
-	50, // 7: berth.v1.ListProxiesResponse.target_connections:type_name -> berth.v1.ListProxiesResponse.TargetConnectionsEntry
-	51, // 8: berth.v1.ListProxiesResponse.connection_counts:type_name -> berth.v1.ListProxiesResponse.ConnectionCountsEntry
+	56, // 6: berth.v1.ListProxiesResponse.load:type_name -> berth.v1.ListProxiesResponse.LoadEntry
+	57, // 7: berth.v1.ListProxiesResponse.target_connections:type_name -> berth.v1.ListProxiesResponse.TargetConnectionsEntry
+	58, // 8: berth.v1.ListProxiesResponse.connection_counts:type_name -> berth.v1.ListProxiesResponse.ConnectionCountsEntry
 	0,  // 9: berth.v1.GetProxyRequest.consistency:type_name -> berth.v1.Consistency
-	53, // 10: berth.v1.GetProxyResponse.proxy:type_name -> berth.v1.Proxy
+	60, // 10: berth.v1.GetProxyResponse.proxy:type_name -> berth.v1.Proxy
 	2,  // 11: berth.v1.GetProxyResponse.header:type_name -> berth.v1.ReadHeader
 	0,  // 12: berth.v1.ListEndpointsRequest.consistency:type_name -> berth.v1.Consistency
-	54, // 13: berth.v1.ListEndpointsResponse.endpoints:type_name -> berth.v1.Endpoint
+	61, // 13: berth.v1.ListEndpointsResponse.endpoints:type_name -> berth.v1.Endpoint
 	2,  // 14: berth.v1.ListEndpointsResponse.header:type_name -> berth.v1.ReadHeader
 	12, // 15: berth.v1.ListEndpointsResponse.connectivity:type_name -> berth.v1.EndpointConnectivity
-	55, // 16: berth.v1.EndpointConnectivity.state:type_name -> berth.v1.ConnectivityState
+	62, // 16: berth.v1.EndpointConnectivity.state:type_name -> berth.v1.ConnectivityState
 	0,  // 17: berth.v1.GetEndpointRequest.consistency:type_name -> berth.v1.Consistency
-	54, // 18: berth.v1.GetEndpointResponse.endpoint:type_name -> berth.v1.Endpoint
+	61, // 18: berth.v1.GetEndpointResponse.endpoint:type_name -> berth.v1.Endpoint
 	2,  // 19: berth.v1.GetEndpointResponse.header:type_name -> berth.v1.ReadHeader
 	0,  // 20: berth.v1.ListConnectionsRequest.consistency:type_name -> berth.v1.Consistency
-	56, // 21: berth.v1.ListConnectionsResponse.connections:type_name -> berth.v1.Connection
+	63, // 21: berth.v1.ListConnectionsResponse.connections:type_name -> berth.v1.Connection
 	2,  // 22: berth.v1.ListConnectionsResponse.header:type_name -> berth.v1.ReadHeader
 	0,  // 23: berth.v1.GetConnectionRequest.consistency:type_name -> berth.v1.Consistency
-	56, // 24: berth.v1.GetConnectionResponse.connection:type_name -> berth.v1.Connection
+	63, // 24: berth.v1.GetConnectionResponse.connection:type_name -> berth.v1.Connection
 	2,  // 25: berth.v1.GetConnectionResponse.header:type_name -> berth.v1.ReadHeader
 	0,  // 26: berth.v1.ListMovesRequest.consistency:type_name -> berth.v1.Consistency
-	57, // 27: berth.v1.ListMovesRequest.states:type_name -> berth.v1.MoveState
-	58, // 28: berth.v1.ListMovesResponse.moves:type_name -> berth.v1.Move
+	64, // 27: berth.v1.ListMovesRequest.states:type_name -> berth.v1.MoveState
+	65, // 28: berth.v1.ListMovesResponse.moves:type_name -> berth.v1.Move
 	2,  // 29: berth.v1.ListMovesResponse.header:type_name -> berth.v1.ReadHeader
 	0,  // 30: berth.v1.GetMoveRequest.consistency:type_name -> berth.v1.Consistency
-	58, // 31: berth.v1.GetMoveResponse.move:type_name -> berth.v1.Move
+	65, // 31: berth.v1.GetMoveResponse.move:type_name -> berth.v1.Move
 	2,  // 32: berth.v1.GetMoveResponse.header:type_name -> berth.v1.ReadHeader
-	53, // 33: berth.v1.CordonProxyResponse.proxy:type_name -> berth.v1.Proxy
-	53, // 34: berth.v1.UncordonProxyResponse.proxy:type_name -> berth.v1.Proxy
-	53, // 35: berth.v1.DrainProxyResponse.proxy:type_name -> berth.v1.Proxy
-	58, // 36: berth.v1.RebalanceResponse.moves:type_name -> berth.v1.Move
-	59, // 37: berth.v1.CreateAdminTokenResponse.record:type_name -> berth.v1.AdminToken
+	60, // 33: berth.v1.CordonProxyResponse.proxy:type_name -> berth.v1.Proxy
+	60, // 34: berth.v1.UncordonProxyResponse.proxy:type_name -> berth.v1.Proxy
+	60, // 35: berth.v1.DrainProxyResponse.proxy:type_name -> berth.v1.Proxy
+	65, // 36: berth.v1.RebalanceResponse.moves:type_name -> berth.v1.Move
+	66, // 37: berth.v1.CreateAdminTokenResponse.record:type_name -> berth.v1.AdminToken
 	0,  // 38: berth.v1.ListAdminTokensRequest.consistency:type_name -> berth.v1.Consistency
-	59, // 39: berth.v1.ListAdminTokensResponse.tokens:type_name -> berth.v1.AdminToken
+	66, // 39: berth.v1.ListAdminTokensResponse.tokens:type_name -> berth.v1.AdminToken
 	2,  // 40: berth.v1.ListAdminTokensResponse.header:type_name -> berth.v1.ReadHeader
-	60, // 41: berth.v1.AddServerRequest.server:type_name -> berth.v1.Server
-	61, // 42: berth.v1.WatchRequest.topics:type_name -> berth.v1.Topic
-	62, // 43: berth.v1.WatchRequest.filter:type_name -> berth.v1.EventFilter
-	44, // 44: berth.v1.WatchRequest.selectors:type_name -> berth.v1.WatchSelector
-	61, // 45: berth.v1.WatchSelector.topics:type_name -> berth.v1.Topic
-	62, // 46: berth.v1.WatchSelector.filter:type_name -> berth.v1.EventFilter
-	63, // 47: berth.v1.WatchSnapshot.events:type_name -> berth.v1.Event
-	63, // 48: berth.v1.WatchEvents.events:type_name -> berth.v1.Event
-	45, // 49: berth.v1.WatchResponse.snapshot:type_name -> berth.v1.WatchSnapshot
-	46, // 50: berth.v1.WatchResponse.events:type_name -> berth.v1.WatchEvents
-	47, // 51: berth.v1.WatchResponse.reset:type_name -> berth.v1.WatchReset
-	64, // 52: berth.v1.ListProxiesResponse.LoadEntry.value:type_name -> berth.v1.LoadSample
-	3,  // 53: berth.v1.AdminService.ClusterStatus:input_type -> berth.v1.ClusterStatusRequest
-	6,  // 54: berth.v1.AdminService.ListProxies:input_type -> berth.v1.ListProxiesRequest
-	8,  // 55: berth.v1.AdminService.GetProxy:input_type -> berth.v1.GetProxyRequest
-	10, // 56: berth.v1.AdminService.ListEndpoints:input_type -> berth.v1.ListEndpointsRequest
-	13, // 57: berth.v1.AdminService.GetEndpoint:input_type -> berth.v1.GetEndpointRequest
-	15, // 58: berth.v1.AdminService.ListConnections:input_type -> berth.v1.ListConnectionsRequest
-	17, // 59: berth.v1.AdminService.GetConnection:input_type -> berth.v1.GetConnectionRequest
-	19, // 60: berth.v1.AdminService.ListMoves:input_type -> berth.v1.ListMovesRequest
-	21, // 61: berth.v1.AdminService.GetMove:input_type -> berth.v1.GetMoveRequest
-	23, // 62: berth.v1.AdminService.CordonProxy:input_type -> berth.v1.CordonProxyRequest
-	25, // 63: berth.v1.AdminService.UncordonProxy:input_type -> berth.v1.UncordonProxyRequest
-	27, // 64: berth.v1.AdminService.DrainProxy:input_type -> berth.v1.DrainProxyRequest
-	29, // 65: berth.v1.AdminService.Rebalance:input_type -> berth.v1.RebalanceRequest
-	31, // 66: berth.v1.AdminService.CreateAdminToken:input_type -> berth.v1.CreateAdminTokenRequest
-	33, // 67: berth.v1.AdminService.RevokeAdminToken:input_type -> berth.v1.RevokeAdminTokenRequest
-	35, // 68: berth.v1.AdminService.ListAdminTokens:input_type -> berth.v1.ListAdminTokensRequest
-	37, // 69: berth.v1.AdminService.AddServer:input_type -> berth.v1.AddServerRequest
-	39, // 70: berth.v1.AdminService.RemoveServer:input_type -> berth.v1.RemoveServerRequest
-	41, // 71: berth.v1.AdminService.TransferLeadership:input_type -> berth.v1.TransferLeadershipRequest
-	43, // 72: berth.v1.AdminService.Watch:input_type -> berth.v1.WatchRequest
-	5,  // 73: berth.v1.AdminService.ClusterStatus:output_type -> berth.v1.ClusterStatusResponse
-	7,  // 74: berth.v1.AdminService.ListProxies:output_type -> berth.v1.ListProxiesResponse
-	9,  // 75: berth.v1.AdminService.GetProxy:output_type -> berth.v1.GetProxyResponse
-	11, // 76: berth.v1.AdminService.ListEndpoints:output_type -> berth.v1.ListEndpointsResponse
-	14, // 77: berth.v1.AdminService.GetEndpoint:output_type -> berth.v1.GetEndpointResponse
-	16, // 78: berth.v1.AdminService.ListConnections:output_type -> berth.v1.ListConnectionsResponse
-	18, // 79: berth.v1.AdminService.GetConnection:output_type -> berth.v1.GetConnectionResponse
-	20, // 80: berth.v1.AdminService.ListMoves:output_type -> berth.v1.ListMovesResponse
-	22, // 81: berth.v1.AdminService.GetMove:output_type -> berth.v1.GetMoveResponse
-	24, // 82: berth.v1.AdminService.CordonProxy:output_type -> berth.v1.CordonProxyResponse
-	26, // 83: berth.v1.AdminService.UncordonProxy:output_type -> berth.v1.UncordonProxyResponse
-	28, // 84: berth.v1.AdminService.DrainProxy:output_type -> berth.v1.DrainProxyResponse
-	30, // 85: berth.v1.AdminService.Rebalance:output_type -> berth.v1.RebalanceResponse
-	32, // 86: berth.v1.AdminService.CreateAdminToken:output_type -> berth.v1.CreateAdminTokenResponse
-	34, // 87: berth.v1.AdminService.RevokeAdminToken:output_type -> berth.v1.RevokeAdminTokenResponse
-	36, // 88: berth.v1.AdminService.ListAdminTokens:output_type -> berth.v1.ListAdminTokensResponse
-	38, // 89: berth.v1.AdminService.AddServer:output_type -> berth.v1.AddServerResponse
-	40, // 90: berth.v1.AdminService.RemoveServer:output_type -> berth.v1.RemoveServerResponse
-	42, // 91: berth.v1.AdminService.TransferLeadership:output_type -> berth.v1.TransferLeadershipResponse
-	48, // 92: berth.v1.AdminService.Watch:output_type -> berth.v1.WatchResponse
-	73, // [73:93] is the sub-list for method output_type
-	53, // [53:73] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	67, // 41: berth.v1.AddServerRequest.server:type_name -> berth.v1.Server
+	68, // 42: berth.v1.BackupHeader.counts:type_name -> berth.v1.SnapshotTrailer
+	46, // 43: berth.v1.SaveSnapshotResponse.header:type_name -> berth.v1.BackupHeader
+	46, // 44: berth.v1.RestoreSnapshotRequest.header:type_name -> berth.v1.BackupHeader
+	68, // 45: berth.v1.RestoreSnapshotResponse.counts:type_name -> berth.v1.SnapshotTrailer
+	69, // 46: berth.v1.WatchRequest.topics:type_name -> berth.v1.Topic
+	70, // 47: berth.v1.WatchRequest.filter:type_name -> berth.v1.EventFilter
+	51, // 48: berth.v1.WatchRequest.selectors:type_name -> berth.v1.WatchSelector
+	69, // 49: berth.v1.WatchSelector.topics:type_name -> berth.v1.Topic
+	70, // 50: berth.v1.WatchSelector.filter:type_name -> berth.v1.EventFilter
+	71, // 51: berth.v1.WatchSnapshot.events:type_name -> berth.v1.Event
+	71, // 52: berth.v1.WatchEvents.events:type_name -> berth.v1.Event
+	52, // 53: berth.v1.WatchResponse.snapshot:type_name -> berth.v1.WatchSnapshot
+	53, // 54: berth.v1.WatchResponse.events:type_name -> berth.v1.WatchEvents
+	54, // 55: berth.v1.WatchResponse.reset:type_name -> berth.v1.WatchReset
+	72, // 56: berth.v1.ListProxiesResponse.LoadEntry.value:type_name -> berth.v1.LoadSample
+	3,  // 57: berth.v1.AdminService.ClusterStatus:input_type -> berth.v1.ClusterStatusRequest
+	6,  // 58: berth.v1.AdminService.ListProxies:input_type -> berth.v1.ListProxiesRequest
+	8,  // 59: berth.v1.AdminService.GetProxy:input_type -> berth.v1.GetProxyRequest
+	10, // 60: berth.v1.AdminService.ListEndpoints:input_type -> berth.v1.ListEndpointsRequest
+	13, // 61: berth.v1.AdminService.GetEndpoint:input_type -> berth.v1.GetEndpointRequest
+	15, // 62: berth.v1.AdminService.ListConnections:input_type -> berth.v1.ListConnectionsRequest
+	17, // 63: berth.v1.AdminService.GetConnection:input_type -> berth.v1.GetConnectionRequest
+	19, // 64: berth.v1.AdminService.ListMoves:input_type -> berth.v1.ListMovesRequest
+	21, // 65: berth.v1.AdminService.GetMove:input_type -> berth.v1.GetMoveRequest
+	23, // 66: berth.v1.AdminService.CordonProxy:input_type -> berth.v1.CordonProxyRequest
+	25, // 67: berth.v1.AdminService.UncordonProxy:input_type -> berth.v1.UncordonProxyRequest
+	27, // 68: berth.v1.AdminService.DrainProxy:input_type -> berth.v1.DrainProxyRequest
+	29, // 69: berth.v1.AdminService.RemoveProxy:input_type -> berth.v1.RemoveProxyRequest
+	31, // 70: berth.v1.AdminService.Rebalance:input_type -> berth.v1.RebalanceRequest
+	33, // 71: berth.v1.AdminService.CreateAdminToken:input_type -> berth.v1.CreateAdminTokenRequest
+	35, // 72: berth.v1.AdminService.RevokeAdminToken:input_type -> berth.v1.RevokeAdminTokenRequest
+	37, // 73: berth.v1.AdminService.ListAdminTokens:input_type -> berth.v1.ListAdminTokensRequest
+	39, // 74: berth.v1.AdminService.AddServer:input_type -> berth.v1.AddServerRequest
+	41, // 75: berth.v1.AdminService.RemoveServer:input_type -> berth.v1.RemoveServerRequest
+	43, // 76: berth.v1.AdminService.TransferLeadership:input_type -> berth.v1.TransferLeadershipRequest
+	45, // 77: berth.v1.AdminService.SaveSnapshot:input_type -> berth.v1.SaveSnapshotRequest
+	48, // 78: berth.v1.AdminService.RestoreSnapshot:input_type -> berth.v1.RestoreSnapshotRequest
+	50, // 79: berth.v1.AdminService.Watch:input_type -> berth.v1.WatchRequest
+	5,  // 80: berth.v1.AdminService.ClusterStatus:output_type -> berth.v1.ClusterStatusResponse
+	7,  // 81: berth.v1.AdminService.ListProxies:output_type -> berth.v1.ListProxiesResponse
+	9,  // 82: berth.v1.AdminService.GetProxy:output_type -> berth.v1.GetProxyResponse
+	11, // 83: berth.v1.AdminService.ListEndpoints:output_type -> berth.v1.ListEndpointsResponse
+	14, // 84: berth.v1.AdminService.GetEndpoint:output_type -> berth.v1.GetEndpointResponse
+	16, // 85: berth.v1.AdminService.ListConnections:output_type -> berth.v1.ListConnectionsResponse
+	18, // 86: berth.v1.AdminService.GetConnection:output_type -> berth.v1.GetConnectionResponse
+	20, // 87: berth.v1.AdminService.ListMoves:output_type -> berth.v1.ListMovesResponse
+	22, // 88: berth.v1.AdminService.GetMove:output_type -> berth.v1.GetMoveResponse
+	24, // 89: berth.v1.AdminService.CordonProxy:output_type -> berth.v1.CordonProxyResponse
+	26, // 90: berth.v1.AdminService.UncordonProxy:output_type -> berth.v1.UncordonProxyResponse
+	28, // 91: berth.v1.AdminService.DrainProxy:output_type -> berth.v1.DrainProxyResponse
+	30, // 92: berth.v1.AdminService.RemoveProxy:output_type -> berth.v1.RemoveProxyResponse
+	32, // 93: berth.v1.AdminService.Rebalance:output_type -> berth.v1.RebalanceResponse
+	34, // 94: berth.v1.AdminService.CreateAdminToken:output_type -> berth.v1.CreateAdminTokenResponse
+	36, // 95: berth.v1.AdminService.RevokeAdminToken:output_type -> berth.v1.RevokeAdminTokenResponse
+	38, // 96: berth.v1.AdminService.ListAdminTokens:output_type -> berth.v1.ListAdminTokensResponse
+	40, // 97: berth.v1.AdminService.AddServer:output_type -> berth.v1.AddServerResponse
+	42, // 98: berth.v1.AdminService.RemoveServer:output_type -> berth.v1.RemoveServerResponse
+	44, // 99: berth.v1.AdminService.TransferLeadership:output_type -> berth.v1.TransferLeadershipResponse
+	47, // 100: berth.v1.AdminService.SaveSnapshot:output_type -> berth.v1.SaveSnapshotResponse
+	49, // 101: berth.v1.AdminService.RestoreSnapshot:output_type -> berth.v1.RestoreSnapshotResponse
+	55, // 102: berth.v1.AdminService.Watch:output_type -> berth.v1.WatchResponse
+	80, // [80:103] is the sub-list for method output_type
+	57, // [57:80] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_berth_v1_admin_proto_init() }
@@ -3203,7 +3652,8 @@ func file_berth_v1_admin_proto_init() {
 	}
 	file_berth_v1_events_proto_init()
 	file_berth_v1_model_proto_init()
-	file_berth_v1_admin_proto_msgTypes[46].OneofWrappers = []any{
+	file_berth_v1_snapshot_proto_init()
+	file_berth_v1_admin_proto_msgTypes[53].OneofWrappers = []any{
 		(*WatchResponse_Snapshot)(nil),
 		(*WatchResponse_Events)(nil),
 		(*WatchResponse_Reset_)(nil),
@@ -3214,7 +3664,7 @@ func file_berth_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_v1_admin_proto_rawDesc), len(file_berth_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   50,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
