@@ -3,16 +3,19 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/berthhq/berth/controlplane"
 	"github.com/berthhq/berth/controlplane/backup"
 	"github.com/berthhq/berth/controlplane/controlplanetest"
 	"github.com/berthhq/berth/fsm"
@@ -198,4 +201,43 @@ func TestSnapshotRestoreIntoANewCluster(t *testing.T) {
 	if p := registryOf(fresh, fresh.Leader()).proxies; len(p) != 3 {
 		t.Fatalf("after a forced restore: %d proxies, want the saved 3", len(p))
 	}
+}
+
+// Restored proxies have sent the new leader nothing. Their silence counts
+// from when the leader first sees them in the registry (the restore), not
+// from when it took office, so they have the down timeout to reconnect.
+func TestRestoredProxiesHaveTheDownTimeoutToReconnect(t *testing.T) {
+	old := quietCluster(t, 1, nil)
+	registerProxies(t, old, "p1")
+	openConns(t, old, "p1", "web", 3)
+	file := filepath.Join(t.TempDir(), "registry.bak")
+	if r := berthctl(t, old.Addr(0), "snapshot", "save", file); r.code != 0 {
+		t.Fatalf("save: %s", r.stderr)
+	}
+	clock := controlplanetest.NewFakeClock(time.Now())
+	fresh := controlplanetest.MakeCluster(t, 1, controlplanetest.Options{Clock: clock, Configure: func(_ int, cfg *controlplane.Config) {
+		cfg.Rebalance.Enabled = false
+		cfg.Heartbeat = controlplane.HeartbeatConfig{Interval: 10 * time.Millisecond, UnhealthyAfter: 5 * time.Second,
+			DownAfter: 10 * time.Second, Grace: 10 * time.Second}
+	}})
+	// The leader has led for an hour: past its grace and any down timeout.
+	clock.Advance(time.Hour)
+	if r := berthctl(t, fresh.Addr(0), "snapshot", "restore", file); r.code != 0 {
+		t.Fatalf("restore: %s", r.stderr)
+	}
+	// Many judgement rounds (every 10ms) pass on the real clock; counted
+	// from the leader's start, the first would find p1 silent for an hour.
+	restored := time.Now()
+	controlplanetest.Eventually(t, 10*time.Second, func() error {
+		if d := time.Since(restored); d < 300*time.Millisecond {
+			return fmt.Errorf("only %s since the restore", d)
+		}
+		return nil
+	})
+	if st := proxyStatus(t, fresh, "p1"); st != berthv1.ProxyStatus_PROXY_STATUS_ACTIVE {
+		t.Fatalf("p1 is %v right after the restore", st)
+	}
+	// Past the down timeout from the restore, silence is judged.
+	clock.Advance(11 * time.Second)
+	waitStatus(t, fresh, "p1", berthv1.ProxyStatus_PROXY_STATUS_DOWN)
 }
