@@ -9,6 +9,7 @@ import (
 	"io"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/berthhq/berth/controlplane/backup"
 	"github.com/berthhq/berth/fsm"
@@ -123,6 +124,11 @@ func (a *adminServer) restore(ctx context.Context, h *berthv1.BackupHeader, data
 		return nil, err
 	}
 	if fwd != nil {
+		// Without TLS the leader cannot tell a node from an operator: pass
+		// the caller's admin token on.
+		if auth := metadata.ValueFromIncomingContext(ctx, "authorization"); len(auth) == 1 {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth[0])
+		}
 		stream, err := fwd.RestoreSnapshot(ctx)
 		if err != nil {
 			return nil, err
