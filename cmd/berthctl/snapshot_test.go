@@ -180,6 +180,14 @@ func TestSnapshotRestoreIntoANewCluster(t *testing.T) {
 			t.Errorf("node %d restored at index %d: not past the saved versions (%d) and its own log (%d)", i, got.index, maxVersion(saved), before.index)
 		}
 	}
+	// The restore is durable: a node restarted from its data dir loads it
+	// from its Raft snapshot.
+	f := follower(fresh)
+	fresh.Stop(f)
+	fresh.Start(f)
+	fresh.WaitApplied()
+	sameObjects(t, "connection after a restart", registryOf(fresh, f).connections, saved.connections)
+
 	// The restored registry serves reads and takes writes, above every
 	// restored version.
 	if r := berthctl(t, addrs, "status", "connections", "--proxy", "p1", "--consistency", "linearizable"); r.code != 0 || !strings.Contains(r.stdout, conns[39]) {
