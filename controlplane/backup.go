@@ -82,7 +82,9 @@ func (a *adminServer) RestoreSnapshot(stream berthv1.AdminService_RestoreSnapsho
 	if err := backup.CheckHeader(h); err != nil {
 		return toStatus(fmt.Errorf("%w: restore: %w", ErrInvalidArgument, err))
 	}
-	data := make([]byte, 0, h.Size)
+	// The header's size is the sender's word: grow to it as data arrives
+	// rather than allocate it up front.
+	data := make([]byte, 0, min(h.Size, 64<<20))
 	data = append(data, first.GetData()...)
 	for uint64(len(data)) <= h.Size {
 		chunk, err := stream.Recv()

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/berthhq/berth/controlplane/controlplanetest"
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
 )
 
@@ -87,5 +88,43 @@ func TestBackupAndProxyRemovalNeedTheOperateRole(t *testing.T) {
 	// The restored registry still knows the read token.
 	if _, err := admin.ListProxies(bearer(ctx, viewer.Token), &berthv1.ListProxiesRequest{}); err != nil {
 		t.Fatalf("read token after the restore: %v", err)
+	}
+}
+
+func TestRestoreRefusesHeadersThatLie(t *testing.T) {
+	c := controlplanetest.MakeCluster(t, 1, controlplanetest.Options{})
+	register(t, c, 0, "p1")
+	stream, err := c.Admin(0).SaveSnapshot(ctxT(t), &berthv1.SaveSnapshotRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, data, err := save(stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(h *berthv1.BackupHeader, data []byte) error {
+		rs, err := c.Admin(0).RestoreSnapshot(ctxT(t))
+		if err != nil {
+			return err
+		}
+		_ = rs.Send(&berthv1.RestoreSnapshotRequest{Header: h, Data: data, Force: true})
+		_, err = rs.CloseAndRecv()
+		return err
+	}
+	for name, hdr := range map[string]*berthv1.BackupHeader{
+		"a gigabyte promised": {FormatVersion: h.FormatVersion, Size: 1 << 30, Sha256: h.Sha256},
+		"past the limit":      {FormatVersion: h.FormatVersion, Size: 1<<30 + 1, Sha256: h.Sha256},
+		"shorter than sent":   {FormatVersion: h.FormatVersion, Size: h.Size - 1, Sha256: h.Sha256},
+		"no checksum":         {FormatVersion: h.FormatVersion, Size: h.Size},
+		"future format":       {FormatVersion: 9, Size: h.Size, Sha256: h.Sha256},
+		"none":                nil,
+	} {
+		if err := send(hdr, data); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: want InvalidArgument, got %v", name, err)
+		}
+	}
+	// Still serving, registry as it was.
+	if p, err := getProxy(t, c, 0, "p1", berthv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil || p.Id != "p1" {
+		t.Fatalf("after the refusals: %v %v", p, err)
 	}
 }

@@ -36,7 +36,7 @@ const (
 	MaxHeaderBytes = 64 << 10
 	// MaxSize bounds the snapshot bytes: a restoring node holds them in
 	// memory while it checks them.
-	MaxSize = 2 << 30
+	MaxSize = 1 << 30
 )
 
 // Errors a backup is refused with; wrapped with details.
