@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/metadata"
@@ -126,12 +127,7 @@ func (a *adminServer) restore(ctx context.Context, h *berthv1.BackupHeader, data
 		return nil, err
 	}
 	if fwd != nil {
-		// Without TLS the leader cannot tell a node from an operator: pass
-		// the caller's admin token on.
-		if auth := metadata.ValueFromIncomingContext(ctx, "authorization"); len(auth) == 1 {
-			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth[0])
-		}
-		stream, err := fwd.RestoreSnapshot(ctx)
+		stream, err := fwd.RestoreSnapshot(withCallerToken(ctx))
 		if err != nil {
 			return nil, err
 		}
@@ -187,11 +183,44 @@ func (a *adminServer) restore(ctx context.Context, h *berthv1.BackupHeader, data
 	return &berthv1.RestoreSnapshotResponse{Index: index + 1, Counts: b.Counts(), ServedBy: n.cfg.ID}, nil
 }
 
+// withCallerToken passes the caller's admin token on to a call forwarded
+// to the leader: without TLS the leader cannot tell a node from an
+// operator.
+func withCallerToken(ctx context.Context) context.Context {
+	if auth := metadata.ValueFromIncomingContext(ctx, "authorization"); len(auth) == 1 {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth[0])
+	}
+	return ctx
+}
+
 // RemoveProxy forgets a proxy that is down and holds nothing; the FSM
-// refuses it otherwise (FailedPrecondition).
+// refuses it otherwise (FailedPrecondition). It runs on the leader, which
+// also refuses a proxy it has heard from within the unhealthy timeout: one
+// that came back but is not yet judged HEALTHY again.
 func (a *adminServer) RemoveProxy(ctx context.Context, req *berthv1.RemoveProxyRequest) (*berthv1.RemoveProxyResponse, error) {
 	if err := fsm.ValidateID("proxy_id", req.ProxyId); err != nil {
 		return nil, toStatus(err)
+	}
+	fwd, err := a.n.forwardAdmin()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if fwd != nil {
+		return fwd.RemoveProxy(withCallerToken(ctx), req)
+	}
+	// Only a DOWN proxy needs this check; the FSM's refusal of any other
+	// names its status, which says more.
+	var down bool
+	a.n.fsm.View(func(s *fsm.State, _ uint64) {
+		p, ok := s.Proxy(req.ProxyId)
+		down = ok && p.Health == berthv1.Health_HEALTH_DOWN
+	})
+	seen, _ := a.n.beats.view()
+	if last, ok := seen[req.ProxyId]; ok && down {
+		if ago := a.n.clock.Monotonic().Sub(last); ago <= a.n.cfg.Heartbeat.UnhealthyAfter {
+			return nil, toStatus(fmt.Errorf("%w: remove proxy: %q reported load %s ago; it is not gone",
+				fsm.ErrFailedPrecondition, req.ProxyId, ago.Round(time.Millisecond)))
+		}
 	}
 	res, err := a.n.Apply(ctx, &berthv1.Command{Kind: &berthv1.Command_RemoveProxy{
 		RemoveProxy: &berthv1.RemoveProxyCommand{ProxyId: req.ProxyId}}})
