@@ -26,6 +26,8 @@ const (
 type adminServer struct {
 	berthv1.UnimplementedAdminServiceServer
 	n *Node
+
+	restoreMu sync.Mutex // one RestoreSnapshot at a time (backup.go)
 }
 
 func pageArgs(size uint32, token string) (after string, limit int, err error) {

@@ -29,6 +29,9 @@ var operateMethods = map[string]bool{
 	"CordonProxy": true, "UncordonProxy": true, "DrainProxy": true, "Rebalance": true,
 	"AddServer": true, "RemoveServer": true, "TransferLeadership": true,
 	"CreateAdminToken": true, "RevokeAdminToken": true, "ListAdminTokens": true,
+	// A saved registry holds every admin token's record, which only
+	// operate may list; restoring replaces everything.
+	"RemoveProxy": true, "SaveSnapshot": true, "RestoreSnapshot": true,
 }
 
 const adminServicePrefix = "/berth.v1.AdminService/"

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
 	"google.golang.org/protobuf/proto"
@@ -110,6 +111,8 @@ func (s *State) dispatch(cmd *berthv1.Command, res *berthv1.CommandResult) error
 		return s.setHealth(k.SetProxyHealth)
 	case *berthv1.Command_DeregisterProxy:
 		return s.deregisterProxy(k.DeregisterProxy.GetProxyId())
+	case *berthv1.Command_RemoveProxy:
+		return s.removeProxy(k.RemoveProxy.GetProxyId())
 	case *berthv1.Command_ConnectionEvents:
 		return s.connectionEvents(k.ConnectionEvents, res)
 	case *berthv1.Command_ReconcileProxy:
@@ -245,6 +248,30 @@ func (s *State) deregisterProxy(id string) error {
 		return notFound("deregister_proxy.proxy_id: proxy %q", id)
 	}
 	s.evictProxy(id, "proxy deregistered")
+	s.delProxy(id)
+	return nil
+}
+
+// removeProxy forgets a proxy that is down and holds nothing. It evicts
+// nothing itself: a proxy that is up, or still holds connections or
+// unfinished moves, is refused, so an operator cannot remove a live one.
+func (s *State) removeProxy(id string) error {
+	p := s.proxies[id]
+	if p == nil {
+		return notFound("remove_proxy.proxy_id: proxy %q", id)
+	}
+	if p.Health != berthv1.Health_HEALTH_DOWN {
+		return precondition("remove_proxy.proxy_id: proxy %q is %s; only a DOWN proxy (silent past the down timeout) can be removed",
+			id, strings.TrimPrefix(p.Status.String(), "PROXY_STATUS_"))
+	}
+	if n := s.connsByProxy[id].len(); n > 0 {
+		return precondition("remove_proxy.proxy_id: proxy %q still holds %d connection(s)", id, n)
+	}
+	for _, mid := range s.movesByProxy[id].keys() {
+		if m := s.moves[mid]; unfinished(m) {
+			return precondition("remove_proxy.proxy_id: proxy %q takes part in unfinished move %q", id, mid)
+		}
+	}
 	s.delProxy(id)
 	return nil
 }

@@ -105,9 +105,12 @@ func randomCommand(ch chooser, s *State, now int64) *berthv1.Command {
 		h := []berthv1.Health{healthy, healthy, unhealthy, down, berthv1.Health_HEALTH_UNSPECIFIED}[ch.intn(5)]
 		cmd = setHealth(pick(ch, "p", genProxies), h, ifv)
 	case 4:
-		if ch.intn(3) == 0 {
+		switch ch.intn(6) {
+		case 0, 1:
 			cmd = deregister(pick(ch, "p", genProxies))
-		} else {
+		case 2:
+			cmd = cmdOf(&berthv1.RemoveProxyCommand{ProxyId: pick(ch, "p", genProxies)})
+		default:
 			cmd = registerProxy(pick(ch, "p", genProxies), "r0")
 		}
 	case 5, 6, 7, 8:

@@ -147,6 +147,8 @@ func cmdOf(k any) *berthv1.Command {
 		c.Kind = &berthv1.Command_UpsertServer{UpsertServer: k}
 	case *berthv1.RemoveServerCommand:
 		c.Kind = &berthv1.Command_RemoveServer{RemoveServer: k}
+	case *berthv1.RemoveProxyCommand:
+		c.Kind = &berthv1.Command_RemoveProxy{RemoveProxy: k}
 	default:
 		panic(fmt.Sprintf("cmdOf(%T)", k))
 	}

@@ -325,3 +325,42 @@ func TestDownProxyRegistersAgain(t *testing.T) {
 	}
 	h.ok(open("p", conn("c1")))
 }
+
+func TestRemoveProxyOnlyWhenDown(t *testing.T) {
+	remove := func(id string) *berthv1.Command { return cmdOf(&berthv1.RemoveProxyCommand{ProxyId: id}) }
+	h := newHarness(t)
+	h.ok(registerProxy("p", "r"))
+	h.ok(registerProxy("q", "r"))
+	h.ok(open("p", conn("c1", "web")))
+	h.ok(createMoves(mv("m1", "c1", "p", "q")))
+	h.refused(remove("nope"), codeNotFound)
+	h.refused(remove("bad id"), codeInvalid)
+	// Up (active, then unhealthy but still reachable): refused, nothing changes.
+	h.refused(remove("p"), codePrecondition)
+	h.ok(setHealth("p", berthv1.Health_HEALTH_UNHEALTHY, 0))
+	if res := h.refused(remove("p"), codePrecondition); !strings.Contains(res.Message, "UNHEALTHY") {
+		t.Errorf("refusal %q does not say the proxy is UNHEALTHY", res.Message)
+	}
+	if h.conn("c1") == nil || h.move("m1").State != berthv1.MoveState_MOVE_STATE_PENDING {
+		t.Fatal("a refused removal changed the registry")
+	}
+	// Down: its connections are gone and its moves aborted, so it can go.
+	h.ok(setHealth("p", down, 0))
+	evs := h.ok(remove("p"))
+	if _, ok := h.s.Proxy("p"); ok {
+		t.Fatal("proxy p still listed")
+	}
+	if len(evs) != 1 || evs[0].Op != berthv1.EventOp_EVENT_OP_DELETE || evs[0].GetProxy().GetId() != "p" {
+		t.Errorf("events %v, want one DELETE of p", evs)
+	}
+	// The aborted move stays as history; q is untouched.
+	if m := h.move("m1"); m.State != berthv1.MoveState_MOVE_STATE_ABORTED {
+		t.Errorf("move m1 %v", m)
+	}
+	if p := h.proxy("q"); p.Status != berthv1.ProxyStatus_PROXY_STATUS_ACTIVE {
+		t.Errorf("proxy q %v", p)
+	}
+	h.refused(remove("p"), codeNotFound)
+	// A removed proxy that comes back registers afresh.
+	h.ok(registerProxy("p", "r"))
+}

@@ -374,6 +374,9 @@ func ValidateCommand(cmd *berthv1.Command) error {
 	case *berthv1.Command_DeregisterProxy:
 		return ValidateID("deregister_proxy.proxy_id", k.DeregisterProxy.GetProxyId())
 
+	case *berthv1.Command_RemoveProxy:
+		return ValidateID("remove_proxy.proxy_id", k.RemoveProxy.GetProxyId())
+
 	case *berthv1.Command_ConnectionEvents:
 		c := k.ConnectionEvents
 		if err := ValidateID("connection_events.proxy_id", c.GetProxyId()); err != nil {

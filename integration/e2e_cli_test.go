@@ -35,6 +35,7 @@ func TestE2E(t *testing.T) {
 	t.Run("BadConfig", func(t *testing.T) { testE2EBadConfig(t, bin) })
 	t.Run("CLI", func(t *testing.T) { testE2ECLI(t, bin) })
 	t.Run("LinearizableReadAfterLeaderKill", func(t *testing.T) { testE2ELinearizableAfterKill(t, bin) })
+	t.Run("SnapshotIntoANewCluster", func(t *testing.T) { testE2ESnapshotIntoANewCluster(t, bin) })
 }
 
 // testE2EBadConfig checks that a bad setting stops berthd at once, with a

@@ -33,46 +33,81 @@ func (a *app) uncordonCmd() *cobra.Command {
 }
 
 func (a *app) drainCmd() *cobra.Command {
-	var wait bool
-	cmd := a.proxyActionCmd("drain", "Move every connection off a proxy (make-before-break)",
-		func(ctx context.Context, admin berthv1.AdminServiceClient, id string) (*berthv1.Proxy, error) {
-			resp, err := admin.DrainProxy(ctx, &berthv1.DrainProxyRequest{ProxyId: id})
-			if err != nil || !wait {
-				return resp.GetProxy(), err
+	var w drainWait
+	cmd := &cobra.Command{
+		Use:   "drain <proxy-id>",
+		Short: "Move every connection off a proxy (make-before-break)",
+		Long: `Move every connection off a proxy (make-before-break). Prints the proxy as
+the control plane committed it. With --wait, then polls until the proxy
+holds no connection, showing the connections left and the moves in flight
+(a bar on a terminal, a line per change otherwise). --timeout bounds each
+call; --wait-timeout bounds the whole wait (0: until done or interrupted).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := strings.TrimSpace(args[0])
+			if id == "" {
+				return errors.New("proxy id must not be empty")
 			}
-			return resp.GetProxy(), a.waitEmpty(ctx, admin, id)
-		})
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the proxy holds no connection (bounded by --timeout)")
+			if w.timeout < 0 {
+				return fmt.Errorf("wait-timeout: must not be negative, got %s", w.timeout)
+			}
+			return a.admin(func(admin berthv1.AdminServiceClient) error {
+				ctx, cancel := a.callContext(cmd.Context())
+				resp, err := admin.DrainProxy(ctx, &berthv1.DrainProxyRequest{ProxyId: id})
+				cancel()
+				if err != nil {
+					return callFailed("drain "+id, err)
+				}
+				p := resp.GetProxy()
+				if err := a.printer.print(p, func(tw *tabwriter.Writer) { proxyTable(tw, []*berthv1.Proxy{p}, nil) }); err != nil {
+					return err
+				}
+				if !w.enabled {
+					return nil
+				}
+				return a.waitEmpty(cmd.Context(), admin, id, w)
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&w.enabled, "wait", false, "wait until the proxy holds no connection")
+	cmd.Flags().DurationVar(&w.timeout, "wait-timeout", 0, "give up waiting after this long (0: no limit; each poll is bounded by --timeout)")
+	cmd.Flags().DurationVar(&w.interval, "wait-interval", time.Second, "how often to poll while waiting")
 	return cmd
 }
 
-// waitEmpty polls until proxy id holds no connection, reporting progress.
-func (a *app) waitEmpty(ctx context.Context, admin berthv1.AdminServiceClient, id string) error {
-	last := -1
-	for {
-		resp, err := admin.ListConnections(ctx, &berthv1.ListConnectionsRequest{ProxyId: id, PageSize: 1000})
-		if err != nil {
-			if ctx.Err() != nil && last >= 0 {
-				// The deadline ran out during the poll, not before it.
-				return fmt.Errorf("drain %s: %d connection(s) left: %w", id, last, ctx.Err())
-			}
-			return callFailed("list connections of "+id, err)
-		}
-		n := len(resp.GetConnections())
-		if n == 0 {
-			fmt.Fprintf(a.stderr, "%s holds no connections\n", id)
-			return nil
-		}
-		if n != last {
-			fmt.Fprintf(a.stderr, "%s still holds %d connection(s)\n", id, n)
-			last = n
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("drain %s: %d connection(s) left: %w", id, n, ctx.Err())
-		case <-time.After(500 * time.Millisecond):
-		}
+func (a *app) proxyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "Manage proxy records",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "remove <proxy-id>",
+		Short: "Forget a proxy that is down",
+		Long: `Forget a proxy that is gone for good. Only a DOWN proxy (silent past the
+control plane's down timeout) that holds no connection and takes part in
+no unfinished move can be removed; anything else is refused, so a live
+proxy cannot be removed by mistake. A removed proxy that comes back simply
+registers again.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := strings.TrimSpace(args[0])
+			if id == "" {
+				return errors.New("proxy id must not be empty")
+			}
+			ctx, cancel := a.callContext(cmd.Context())
+			defer cancel()
+			return a.admin(func(admin berthv1.AdminServiceClient) error {
+				resp, err := admin.RemoveProxy(ctx, &berthv1.RemoveProxyRequest{ProxyId: id})
+				if err != nil {
+					return callFailed("remove proxy "+id, err)
+				}
+				return a.done(resp, fmt.Sprintf("removed proxy %s at index %d", id, resp.GetIndex()))
+			})
+		},
+	})
+	return cmd
 }
 
 func (a *app) rebalanceCmd() *cobra.Command {

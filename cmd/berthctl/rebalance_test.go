@@ -39,11 +39,14 @@ func TestDrainWait(t *testing.T) {
 	if reqs := requestsOf[*berthv1.ListConnectionsRequest](f); len(reqs) == 0 || reqs[0].ProxyId != "p1" {
 		t.Fatalf("list requests: %v", reqs)
 	}
-	// Connections that never leave: --wait gives up at --timeout.
+	// Connections that never leave: --wait gives up at --wait-timeout.
 	f.connections = []*berthv1.Connection{{Id: "c1", ProxyId: "p1"}}
-	r = berthctl(t, addr, "drain", "p1", "--wait", "--timeout", "1s")
+	r = berthctl(t, addr, "drain", "p1", "--wait", "--wait-timeout", "1s", "--wait-interval", "100ms")
 	if r.code == 0 || !strings.Contains(r.stderr, "1 connection(s) left") {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if reqs := requestsOf[*berthv1.ListMovesRequest](f); len(reqs) == 0 || reqs[0].ProxyId != "p1" || len(reqs[0].States) != 2 {
+		t.Fatalf("move requests: %v", reqs)
 	}
 }
 

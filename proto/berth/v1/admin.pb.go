@@ -1772,6 +1772,95 @@ func (x *DrainProxyResponse) GetProxy() *Proxy {
 	return nil
 }
 
+type RemoveProxyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ProxyId       string                 `protobuf:"bytes,1,opt,name=proxy_id,json=proxyId,proto3" json:"proxy_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveProxyRequest) Reset() {
+	*x = RemoveProxyRequest{}
+	mi := &file_berth_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveProxyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveProxyRequest) ProtoMessage() {}
+
+func (x *RemoveProxyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveProxyRequest.ProtoReflect.Descriptor instead.
+func (*RemoveProxyRequest) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RemoveProxyRequest) GetProxyId() string {
+	if x != nil {
+		return x.ProxyId
+	}
+	return ""
+}
+
+type RemoveProxyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Index of the removal.
+	Index         uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveProxyResponse) Reset() {
+	*x = RemoveProxyResponse{}
+	mi := &file_berth_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveProxyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveProxyResponse) ProtoMessage() {}
+
+func (x *RemoveProxyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveProxyResponse.ProtoReflect.Descriptor instead.
+func (*RemoveProxyResponse) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RemoveProxyResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 type RebalanceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DryRun        bool                   `protobuf:"varint,1,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
@@ -1781,7 +1870,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[27]
+	mi := &file_berth_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +1882,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[27]
+	mi := &file_berth_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +1895,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -1830,7 +1919,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[28]
+	mi := &file_berth_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +1931,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[28]
+	mi := &file_berth_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +1944,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RebalanceResponse) GetMoves() []*Move {
@@ -1892,7 +1981,7 @@ type CreateAdminTokenRequest struct {
 
 func (x *CreateAdminTokenRequest) Reset() {
 	*x = CreateAdminTokenRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[29]
+	mi := &file_berth_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1904,7 +1993,7 @@ func (x *CreateAdminTokenRequest) String() string {
 func (*CreateAdminTokenRequest) ProtoMessage() {}
 
 func (x *CreateAdminTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[29]
+	mi := &file_berth_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,7 +2006,7 @@ func (x *CreateAdminTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAdminTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateAdminTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CreateAdminTokenRequest) GetName() string {
@@ -1953,7 +2042,7 @@ type CreateAdminTokenResponse struct {
 
 func (x *CreateAdminTokenResponse) Reset() {
 	*x = CreateAdminTokenResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[30]
+	mi := &file_berth_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1965,7 +2054,7 @@ func (x *CreateAdminTokenResponse) String() string {
 func (*CreateAdminTokenResponse) ProtoMessage() {}
 
 func (x *CreateAdminTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[30]
+	mi := &file_berth_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1978,7 +2067,7 @@ func (x *CreateAdminTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAdminTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateAdminTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CreateAdminTokenResponse) GetToken() string {
@@ -2004,7 +2093,7 @@ type RevokeAdminTokenRequest struct {
 
 func (x *RevokeAdminTokenRequest) Reset() {
 	*x = RevokeAdminTokenRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[31]
+	mi := &file_berth_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2105,7 @@ func (x *RevokeAdminTokenRequest) String() string {
 func (*RevokeAdminTokenRequest) ProtoMessage() {}
 
 func (x *RevokeAdminTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[31]
+	mi := &file_berth_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2118,7 @@ func (x *RevokeAdminTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAdminTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAdminTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RevokeAdminTokenRequest) GetTokenId() string {
@@ -2047,7 +2136,7 @@ type RevokeAdminTokenResponse struct {
 
 func (x *RevokeAdminTokenResponse) Reset() {
 	*x = RevokeAdminTokenResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[32]
+	mi := &file_berth_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2059,7 +2148,7 @@ func (x *RevokeAdminTokenResponse) String() string {
 func (*RevokeAdminTokenResponse) ProtoMessage() {}
 
 func (x *RevokeAdminTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[32]
+	mi := &file_berth_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2072,7 +2161,7 @@ func (x *RevokeAdminTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAdminTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeAdminTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 type ListAdminTokensRequest struct {
@@ -2084,7 +2173,7 @@ type ListAdminTokensRequest struct {
 
 func (x *ListAdminTokensRequest) Reset() {
 	*x = ListAdminTokensRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[33]
+	mi := &file_berth_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2096,7 +2185,7 @@ func (x *ListAdminTokensRequest) String() string {
 func (*ListAdminTokensRequest) ProtoMessage() {}
 
 func (x *ListAdminTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[33]
+	mi := &file_berth_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2109,7 +2198,7 @@ func (x *ListAdminTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdminTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListAdminTokensRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListAdminTokensRequest) GetConsistency() Consistency {
@@ -2130,7 +2219,7 @@ type ListAdminTokensResponse struct {
 
 func (x *ListAdminTokensResponse) Reset() {
 	*x = ListAdminTokensResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[34]
+	mi := &file_berth_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2231,7 @@ func (x *ListAdminTokensResponse) String() string {
 func (*ListAdminTokensResponse) ProtoMessage() {}
 
 func (x *ListAdminTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[34]
+	mi := &file_berth_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2244,7 @@ func (x *ListAdminTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdminTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListAdminTokensResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListAdminTokensResponse) GetTokens() []*AdminToken {
@@ -2183,7 +2272,7 @@ type AddServerRequest struct {
 
 func (x *AddServerRequest) Reset() {
 	*x = AddServerRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[35]
+	mi := &file_berth_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2195,7 +2284,7 @@ func (x *AddServerRequest) String() string {
 func (*AddServerRequest) ProtoMessage() {}
 
 func (x *AddServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[35]
+	mi := &file_berth_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2208,7 +2297,7 @@ func (x *AddServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddServerRequest.ProtoReflect.Descriptor instead.
 func (*AddServerRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AddServerRequest) GetServer() *Server {
@@ -2233,7 +2322,7 @@ type AddServerResponse struct {
 
 func (x *AddServerResponse) Reset() {
 	*x = AddServerResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[36]
+	mi := &file_berth_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2334,7 @@ func (x *AddServerResponse) String() string {
 func (*AddServerResponse) ProtoMessage() {}
 
 func (x *AddServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[36]
+	mi := &file_berth_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2347,7 @@ func (x *AddServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddServerResponse.ProtoReflect.Descriptor instead.
 func (*AddServerResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 type RemoveServerRequest struct {
@@ -2270,7 +2359,7 @@ type RemoveServerRequest struct {
 
 func (x *RemoveServerRequest) Reset() {
 	*x = RemoveServerRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[37]
+	mi := &file_berth_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2371,7 @@ func (x *RemoveServerRequest) String() string {
 func (*RemoveServerRequest) ProtoMessage() {}
 
 func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[37]
+	mi := &file_berth_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2384,7 @@ func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServerRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RemoveServerRequest) GetServerId() string {
@@ -2313,7 +2402,7 @@ type RemoveServerResponse struct {
 
 func (x *RemoveServerResponse) Reset() {
 	*x = RemoveServerResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[38]
+	mi := &file_berth_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2325,7 +2414,7 @@ func (x *RemoveServerResponse) String() string {
 func (*RemoveServerResponse) ProtoMessage() {}
 
 func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[38]
+	mi := &file_berth_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2338,7 +2427,7 @@ func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServerResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 type TransferLeadershipRequest struct {
@@ -2351,7 +2440,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[39]
+	mi := &file_berth_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2363,7 +2452,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[39]
+	mi := &file_berth_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2376,7 +2465,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *TransferLeadershipRequest) GetServerId() string {
@@ -2395,7 +2484,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[40]
+	mi := &file_berth_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2407,7 +2496,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[40]
+	mi := &file_berth_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2420,12 +2509,327 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
 	if x != nil {
 		return x.LeaderId
+	}
+	return ""
+}
+
+type SaveSnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveSnapshotRequest) Reset() {
+	*x = SaveSnapshotRequest{}
+	mi := &file_berth_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveSnapshotRequest) ProtoMessage() {}
+
+func (x *SaveSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SaveSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+// BackupHeader describes a saved registry: it opens a backup file (after
+// the magic "BERTHBAK") and the first message of a save or restore.
+type BackupHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Version of the backup format; this build writes and reads 1.
+	FormatVersion uint32 `protobuf:"varint,1,opt,name=format_version,json=formatVersion,proto3" json:"format_version,omitempty"`
+	// Registry index the copy reflects.
+	Index         uint64 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	CreatedUnixMs int64  `protobuf:"varint,3,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
+	// Node that took the copy.
+	ServedBy string `protobuf:"bytes,4,opt,name=served_by,json=servedBy,proto3" json:"served_by,omitempty"`
+	// Length and SHA-256 of the snapshot bytes that follow.
+	Size   uint64 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	Sha256 []byte `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// What the copy holds.
+	Counts        *SnapshotTrailer `protobuf:"bytes,7,opt,name=counts,proto3" json:"counts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupHeader) Reset() {
+	*x = BackupHeader{}
+	mi := &file_berth_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupHeader) ProtoMessage() {}
+
+func (x *BackupHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupHeader.ProtoReflect.Descriptor instead.
+func (*BackupHeader) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *BackupHeader) GetFormatVersion() uint32 {
+	if x != nil {
+		return x.FormatVersion
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetCreatedUnixMs() int64 {
+	if x != nil {
+		return x.CreatedUnixMs
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetServedBy() string {
+	if x != nil {
+		return x.ServedBy
+	}
+	return ""
+}
+
+func (x *BackupHeader) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *BackupHeader) GetCounts() *SnapshotTrailer {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+// SaveSnapshotResponse is one chunk of a saved registry.
+type SaveSnapshotResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// On the first chunk only.
+	Header        *BackupHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Data          []byte        `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveSnapshotResponse) Reset() {
+	*x = SaveSnapshotResponse{}
+	mi := &file_berth_v1_admin_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveSnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveSnapshotResponse) ProtoMessage() {}
+
+func (x *SaveSnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveSnapshotResponse.ProtoReflect.Descriptor instead.
+func (*SaveSnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *SaveSnapshotResponse) GetHeader() *BackupHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *SaveSnapshotResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// RestoreSnapshotRequest is one chunk of a registry to restore.
+type RestoreSnapshotRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// On the first chunk only.
+	Header *BackupHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Data   []byte        `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// On the first chunk: replace a registry that is not empty.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreSnapshotRequest) Reset() {
+	*x = RestoreSnapshotRequest{}
+	mi := &file_berth_v1_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreSnapshotRequest) ProtoMessage() {}
+
+func (x *RestoreSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*RestoreSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *RestoreSnapshotRequest) GetHeader() *BackupHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RestoreSnapshotRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *RestoreSnapshotRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RestoreSnapshotResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Raft index the restored registry starts at (every later write is
+	// above it and above every version in the copy).
+	Index uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// What was restored.
+	Counts        *SnapshotTrailer `protobuf:"bytes,2,opt,name=counts,proto3" json:"counts,omitempty"`
+	ServedBy      string           `protobuf:"bytes,3,opt,name=served_by,json=servedBy,proto3" json:"served_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreSnapshotResponse) Reset() {
+	*x = RestoreSnapshotResponse{}
+	mi := &file_berth_v1_admin_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreSnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreSnapshotResponse) ProtoMessage() {}
+
+func (x *RestoreSnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_admin_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreSnapshotResponse.ProtoReflect.Descriptor instead.
+func (*RestoreSnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *RestoreSnapshotResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *RestoreSnapshotResponse) GetCounts() *SnapshotTrailer {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+func (x *RestoreSnapshotResponse) GetServedBy() string {
+	if x != nil {
+		return x.ServedBy
 	}
 	return ""
 }
@@ -2447,7 +2851,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_berth_v1_admin_proto_msgTypes[41]
+	mi := &file_berth_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2459,7 +2863,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[41]
+	mi := &file_berth_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2472,7 +2876,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *WatchRequest) GetTopics() []Topic {
@@ -2513,7 +2917,7 @@ type WatchSelector struct {
 
 func (x *WatchSelector) Reset() {
 	*x = WatchSelector{}
-	mi := &file_berth_v1_admin_proto_msgTypes[42]
+	mi := &file_berth_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +2929,7 @@ func (x *WatchSelector) String() string {
 func (*WatchSelector) ProtoMessage() {}
 
 func (x *WatchSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[42]
+	mi := &file_berth_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2538,7 +2942,7 @@ func (x *WatchSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSelector.ProtoReflect.Descriptor instead.
 func (*WatchSelector) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *WatchSelector) GetTopics() []Topic {
@@ -2568,7 +2972,7 @@ type WatchSnapshot struct {
 
 func (x *WatchSnapshot) Reset() {
 	*x = WatchSnapshot{}
-	mi := &file_berth_v1_admin_proto_msgTypes[43]
+	mi := &file_berth_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2580,7 +2984,7 @@ func (x *WatchSnapshot) String() string {
 func (*WatchSnapshot) ProtoMessage() {}
 
 func (x *WatchSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[43]
+	mi := &file_berth_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2593,7 +2997,7 @@ func (x *WatchSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSnapshot.ProtoReflect.Descriptor instead.
 func (*WatchSnapshot) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *WatchSnapshot) GetIndex() uint64 {
@@ -2626,7 +3030,7 @@ type WatchEvents struct {
 
 func (x *WatchEvents) Reset() {
 	*x = WatchEvents{}
-	mi := &file_berth_v1_admin_proto_msgTypes[44]
+	mi := &file_berth_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2638,7 +3042,7 @@ func (x *WatchEvents) String() string {
 func (*WatchEvents) ProtoMessage() {}
 
 func (x *WatchEvents) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[44]
+	mi := &file_berth_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2651,7 +3055,7 @@ func (x *WatchEvents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvents.ProtoReflect.Descriptor instead.
 func (*WatchEvents) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *WatchEvents) GetEvents() []*Event {
@@ -2670,7 +3074,7 @@ type WatchReset struct {
 
 func (x *WatchReset) Reset() {
 	*x = WatchReset{}
-	mi := &file_berth_v1_admin_proto_msgTypes[45]
+	mi := &file_berth_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2682,7 +3086,7 @@ func (x *WatchReset) String() string {
 func (*WatchReset) ProtoMessage() {}
 
 func (x *WatchReset) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[45]
+	mi := &file_berth_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2695,7 +3099,7 @@ func (x *WatchReset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchReset.ProtoReflect.Descriptor instead.
 func (*WatchReset) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *WatchReset) GetReason() string {
@@ -2719,7 +3123,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_berth_v1_admin_proto_msgTypes[46]
+	mi := &file_berth_v1_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2731,7 +3135,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_admin_proto_msgTypes[46]
+	mi := &file_berth_v1_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2744,7 +3148,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_berth_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_berth_v1_admin_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *WatchResponse) GetKind() isWatchResponse_Kind {
@@ -2809,7 +3213,7 @@ var File_berth_v1_admin_proto protoreflect.FileDescriptor
 
 const file_berth_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14berth/v1/admin.proto\x12\bberth.v1\x1a\x14berth/v1/build.proto\x1a\x15berth/v1/events.proto\x1a\x14berth/v1/model.proto\"?\n" +
+	"\x14berth/v1/admin.proto\x12\bberth.v1\x1a\x14berth/v1/build.proto\x1a\x15berth/v1/events.proto\x1a\x14berth/v1/model.proto\x1a\x17berth/v1/snapshot.proto\"?\n" +
 	"\n" +
 	"ReadHeader\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1b\n" +
@@ -2935,7 +3339,11 @@ const file_berth_v1_admin_proto_rawDesc = "" +
 	"\x11DrainProxyRequest\x12\x19\n" +
 	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\";\n" +
 	"\x12DrainProxyResponse\x12%\n" +
-	"\x05proxy\x18\x01 \x01(\v2\x0f.berth.v1.ProxyR\x05proxy\"+\n" +
+	"\x05proxy\x18\x01 \x01(\v2\x0f.berth.v1.ProxyR\x05proxy\"/\n" +
+	"\x12RemoveProxyRequest\x12\x19\n" +
+	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\"+\n" +
+	"\x13RemoveProxyResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"+\n" +
 	"\x10RebalanceRequest\x12\x17\n" +
 	"\adry_run\x18\x01 \x01(\bR\x06dryRun\"t\n" +
 	"\x11RebalanceResponse\x12$\n" +
@@ -2968,7 +3376,27 @@ const file_berth_v1_admin_proto_rawDesc = "" +
 	"\x19TransferLeadershipRequest\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\"9\n" +
 	"\x1aTransferLeadershipResponse\x12\x1b\n" +
-	"\tleader_id\x18\x01 \x01(\tR\bleaderId\"\xbe\x01\n" +
+	"\tleader_id\x18\x01 \x01(\tR\bleaderId\"\x15\n" +
+	"\x13SaveSnapshotRequest\"\xef\x01\n" +
+	"\fBackupHeader\x12%\n" +
+	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12&\n" +
+	"\x0fcreated_unix_ms\x18\x03 \x01(\x03R\rcreatedUnixMs\x12\x1b\n" +
+	"\tserved_by\x18\x04 \x01(\tR\bservedBy\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\x04R\x04size\x12\x16\n" +
+	"\x06sha256\x18\x06 \x01(\fR\x06sha256\x121\n" +
+	"\x06counts\x18\a \x01(\v2\x19.berth.v1.SnapshotTrailerR\x06counts\"Z\n" +
+	"\x14SaveSnapshotResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.berth.v1.BackupHeaderR\x06header\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"r\n" +
+	"\x16RestoreSnapshotRequest\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.berth.v1.BackupHeaderR\x06header\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"\x7f\n" +
+	"\x17RestoreSnapshotResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x121\n" +
+	"\x06counts\x18\x02 \x01(\v2\x19.berth.v1.SnapshotTrailerR\x06counts\x12\x1b\n" +
+	"\tserved_by\x18\x03 \x01(\tR\bservedBy\"\xbe\x01\n" +
 	"\fWatchRequest\x12'\n" +
 	"\x06topics\x18\x01 \x03(\x0e2\x0f.berth.v1.TopicR\x06topics\x12-\n" +
 	"\x06filter\x18\x02 \x01(\v2\x15.berth.v1.EventFilterR\x06filter\x12\x1f\n" +
@@ -3000,7 +3428,7 @@ const file_berth_v1_admin_proto_rawDesc = "" +
 	"\x0eServerSuffrage\x12\x1f\n" +
 	"\x1bSERVER_SUFFRAGE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SERVER_SUFFRAGE_VOTER\x10\x01\x12\x1c\n" +
-	"\x18SERVER_SUFFRAGE_NONVOTER\x10\x022\xaa\f\n" +
+	"\x18SERVER_SUFFRAGE_NONVOTER\x10\x022\xa1\x0e\n" +
 	"\fAdminService\x12P\n" +
 	"\rClusterStatus\x12\x1e.berth.v1.ClusterStatusRequest\x1a\x1f.berth.v1.ClusterStatusResponse\x12J\n" +
 	"\vListProxies\x12\x1c.berth.v1.ListProxiesRequest\x1a\x1d.berth.v1.ListProxiesResponse\x12A\n" +
@@ -3014,14 +3442,17 @@ const file_berth_v1_admin_proto_rawDesc = "" +
 	"\vCordonProxy\x12\x1c.berth.v1.CordonProxyRequest\x1a\x1d.berth.v1.CordonProxyResponse\x12P\n" +
 	"\rUncordonProxy\x12\x1e.berth.v1.UncordonProxyRequest\x1a\x1f.berth.v1.UncordonProxyResponse\x12G\n" +
 	"\n" +
-	"DrainProxy\x12\x1b.berth.v1.DrainProxyRequest\x1a\x1c.berth.v1.DrainProxyResponse\x12D\n" +
+	"DrainProxy\x12\x1b.berth.v1.DrainProxyRequest\x1a\x1c.berth.v1.DrainProxyResponse\x12J\n" +
+	"\vRemoveProxy\x12\x1c.berth.v1.RemoveProxyRequest\x1a\x1d.berth.v1.RemoveProxyResponse\x12D\n" +
 	"\tRebalance\x12\x1a.berth.v1.RebalanceRequest\x1a\x1b.berth.v1.RebalanceResponse\x12Y\n" +
 	"\x10CreateAdminToken\x12!.berth.v1.CreateAdminTokenRequest\x1a\".berth.v1.CreateAdminTokenResponse\x12Y\n" +
 	"\x10RevokeAdminToken\x12!.berth.v1.RevokeAdminTokenRequest\x1a\".berth.v1.RevokeAdminTokenResponse\x12V\n" +
 	"\x0fListAdminTokens\x12 .berth.v1.ListAdminTokensRequest\x1a!.berth.v1.ListAdminTokensResponse\x12D\n" +
 	"\tAddServer\x12\x1a.berth.v1.AddServerRequest\x1a\x1b.berth.v1.AddServerResponse\x12M\n" +
 	"\fRemoveServer\x12\x1d.berth.v1.RemoveServerRequest\x1a\x1e.berth.v1.RemoveServerResponse\x12_\n" +
-	"\x12TransferLeadership\x12#.berth.v1.TransferLeadershipRequest\x1a$.berth.v1.TransferLeadershipResponse\x12:\n" +
+	"\x12TransferLeadership\x12#.berth.v1.TransferLeadershipRequest\x1a$.berth.v1.TransferLeadershipResponse\x12O\n" +
+	"\fSaveSnapshot\x12\x1d.berth.v1.SaveSnapshotRequest\x1a\x1e.berth.v1.SaveSnapshotResponse0\x01\x12X\n" +
+	"\x0fRestoreSnapshot\x12 .berth.v1.RestoreSnapshotRequest\x1a!.berth.v1.RestoreSnapshotResponse(\x01\x12:\n" +
 	"\x05Watch\x12\x16.berth.v1.WatchRequest\x1a\x17.berth.v1.WatchResponse0\x01B1Z/github.com/berthhq/berth/proto/berth/v1;berthv1b\x06proto3"
 
 var (
@@ -3037,7 +3468,7 @@ func file_berth_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_berth_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_berth_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_berth_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_berth_v1_admin_proto_goTypes = []any{
 	(Consistency)(0),                   // 0: berth.v1.Consistency
 	(ServerSuffrage)(0),                // 1: berth.v1.ServerSuffrage
@@ -3068,144 +3499,162 @@ var file_berth_v1_admin_proto_goTypes = []any{
 	(*UncordonProxyResponse)(nil),      // 26: berth.v1.UncordonProxyResponse
 	(*DrainProxyRequest)(nil),          // 27: berth.v1.DrainProxyRequest
 	(*DrainProxyResponse)(nil),         // 28: berth.v1.DrainProxyResponse
-	(*RebalanceRequest)(nil),           // 29: berth.v1.RebalanceRequest
-	(*RebalanceResponse)(nil),          // 30: berth.v1.RebalanceResponse
-	(*CreateAdminTokenRequest)(nil),    // 31: berth.v1.CreateAdminTokenRequest
-	(*CreateAdminTokenResponse)(nil),   // 32: berth.v1.CreateAdminTokenResponse
-	(*RevokeAdminTokenRequest)(nil),    // 33: berth.v1.RevokeAdminTokenRequest
-	(*RevokeAdminTokenResponse)(nil),   // 34: berth.v1.RevokeAdminTokenResponse
-	(*ListAdminTokensRequest)(nil),     // 35: berth.v1.ListAdminTokensRequest
-	(*ListAdminTokensResponse)(nil),    // 36: berth.v1.ListAdminTokensResponse
-	(*AddServerRequest)(nil),           // 37: berth.v1.AddServerRequest
-	(*AddServerResponse)(nil),          // 38: berth.v1.AddServerResponse
-	(*RemoveServerRequest)(nil),        // 39: berth.v1.RemoveServerRequest
-	(*RemoveServerResponse)(nil),       // 40: berth.v1.RemoveServerResponse
-	(*TransferLeadershipRequest)(nil),  // 41: berth.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 42: berth.v1.TransferLeadershipResponse
-	(*WatchRequest)(nil),               // 43: berth.v1.WatchRequest
-	(*WatchSelector)(nil),              // 44: berth.v1.WatchSelector
-	(*WatchSnapshot)(nil),              // 45: berth.v1.WatchSnapshot
-	(*WatchEvents)(nil),                // 46: berth.v1.WatchEvents
-	(*WatchReset)(nil),                 // 47: berth.v1.WatchReset
-	(*WatchResponse)(nil),              // 48: berth.v1.WatchResponse
-	nil,                                // 49: berth.v1.ListProxiesResponse.LoadEntry
-	nil,                                // 50: berth.v1.ListProxiesResponse.TargetConnectionsEntry
-	nil,                                // 51: berth.v1.ListProxiesResponse.ConnectionCountsEntry
-	(*BuildInfo)(nil),                  // 52: berth.v1.BuildInfo
-	(ProxyStatus)(0),                   // 53: berth.v1.ProxyStatus
-	(*Proxy)(nil),                      // 54: berth.v1.Proxy
-	(*Endpoint)(nil),                   // 55: berth.v1.Endpoint
-	(ConnectivityState)(0),             // 56: berth.v1.ConnectivityState
-	(*Connection)(nil),                 // 57: berth.v1.Connection
-	(MoveState)(0),                     // 58: berth.v1.MoveState
-	(*Move)(nil),                       // 59: berth.v1.Move
-	(*AdminToken)(nil),                 // 60: berth.v1.AdminToken
-	(*Server)(nil),                     // 61: berth.v1.Server
-	(Topic)(0),                         // 62: berth.v1.Topic
-	(*EventFilter)(nil),                // 63: berth.v1.EventFilter
-	(*Event)(nil),                      // 64: berth.v1.Event
-	(*LoadSample)(nil),                 // 65: berth.v1.LoadSample
+	(*RemoveProxyRequest)(nil),         // 29: berth.v1.RemoveProxyRequest
+	(*RemoveProxyResponse)(nil),        // 30: berth.v1.RemoveProxyResponse
+	(*RebalanceRequest)(nil),           // 31: berth.v1.RebalanceRequest
+	(*RebalanceResponse)(nil),          // 32: berth.v1.RebalanceResponse
+	(*CreateAdminTokenRequest)(nil),    // 33: berth.v1.CreateAdminTokenRequest
+	(*CreateAdminTokenResponse)(nil),   // 34: berth.v1.CreateAdminTokenResponse
+	(*RevokeAdminTokenRequest)(nil),    // 35: berth.v1.RevokeAdminTokenRequest
+	(*RevokeAdminTokenResponse)(nil),   // 36: berth.v1.RevokeAdminTokenResponse
+	(*ListAdminTokensRequest)(nil),     // 37: berth.v1.ListAdminTokensRequest
+	(*ListAdminTokensResponse)(nil),    // 38: berth.v1.ListAdminTokensResponse
+	(*AddServerRequest)(nil),           // 39: berth.v1.AddServerRequest
+	(*AddServerResponse)(nil),          // 40: berth.v1.AddServerResponse
+	(*RemoveServerRequest)(nil),        // 41: berth.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),       // 42: berth.v1.RemoveServerResponse
+	(*TransferLeadershipRequest)(nil),  // 43: berth.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 44: berth.v1.TransferLeadershipResponse
+	(*SaveSnapshotRequest)(nil),        // 45: berth.v1.SaveSnapshotRequest
+	(*BackupHeader)(nil),               // 46: berth.v1.BackupHeader
+	(*SaveSnapshotResponse)(nil),       // 47: berth.v1.SaveSnapshotResponse
+	(*RestoreSnapshotRequest)(nil),     // 48: berth.v1.RestoreSnapshotRequest
+	(*RestoreSnapshotResponse)(nil),    // 49: berth.v1.RestoreSnapshotResponse
+	(*WatchRequest)(nil),               // 50: berth.v1.WatchRequest
+	(*WatchSelector)(nil),              // 51: berth.v1.WatchSelector
+	(*WatchSnapshot)(nil),              // 52: berth.v1.WatchSnapshot
+	(*WatchEvents)(nil),                // 53: berth.v1.WatchEvents
+	(*WatchReset)(nil),                 // 54: berth.v1.WatchReset
+	(*WatchResponse)(nil),              // 55: berth.v1.WatchResponse
+	nil,                                // 56: berth.v1.ListProxiesResponse.LoadEntry
+	nil,                                // 57: berth.v1.ListProxiesResponse.TargetConnectionsEntry
+	nil,                                // 58: berth.v1.ListProxiesResponse.ConnectionCountsEntry
+	(*BuildInfo)(nil),                  // 59: berth.v1.BuildInfo
+	(ProxyStatus)(0),                   // 60: berth.v1.ProxyStatus
+	(*Proxy)(nil),                      // 61: berth.v1.Proxy
+	(*Endpoint)(nil),                   // 62: berth.v1.Endpoint
+	(ConnectivityState)(0),             // 63: berth.v1.ConnectivityState
+	(*Connection)(nil),                 // 64: berth.v1.Connection
+	(MoveState)(0),                     // 65: berth.v1.MoveState
+	(*Move)(nil),                       // 66: berth.v1.Move
+	(*AdminToken)(nil),                 // 67: berth.v1.AdminToken
+	(*Server)(nil),                     // 68: berth.v1.Server
+	(*SnapshotTrailer)(nil),            // 69: berth.v1.SnapshotTrailer
+	(Topic)(0),                         // 70: berth.v1.Topic
+	(*EventFilter)(nil),                // 71: berth.v1.EventFilter
+	(*Event)(nil),                      // 72: berth.v1.Event
+	(*LoadSample)(nil),                 // 73: berth.v1.LoadSample
 }
 var file_berth_v1_admin_proto_depIdxs = []int32{
 	1,  // 0: berth.v1.ServerStatus.suffrage:type_name -> berth.v1.ServerSuffrage
-	52, // 1: berth.v1.ServerStatus.build:type_name -> berth.v1.BuildInfo
+	59, // 1: berth.v1.ServerStatus.build:type_name -> berth.v1.BuildInfo
 	4,  // 2: berth.v1.ClusterStatusResponse.servers:type_name -> berth.v1.ServerStatus
 	0,  // 3: berth.v1.ListProxiesRequest.consistency:type_name -> berth.v1.Consistency
-	53, // 4: berth.v1.ListProxiesRequest.statuses:type_name -> berth.v1.ProxyStatus
-	54, // 5: berth.v1.ListProxiesResponse.proxies:type_name -> berth.v1.Proxy
+	60, // 4: berth.v1.ListProxiesRequest.statuses:type_name -> berth.v1.ProxyStatus
+	61, // 5: berth.v1.ListProxiesResponse.proxies:type_name -> berth.v1.Proxy
 	2,  // 6: berth.v1.ListProxiesResponse.header:type_name -> berth.v1.ReadHeader
-	49, // 7: berth.v1.ListProxiesResponse.load:type_name -> berth.v1.ListProxiesResponse.LoadEntry
-	50, // 8: berth.v1.ListProxiesResponse.target_connections:type_name -> berth.v1.ListProxiesResponse.TargetConnectionsEntry
-	51, // 9: berth.v1.ListProxiesResponse.connection_counts:type_name -> berth.v1.ListProxiesResponse.ConnectionCountsEntry
+	56, // 7: berth.v1.ListProxiesResponse.load:type_name -> berth.v1.ListProxiesResponse.LoadEntry
+	57, // 8: berth.v1.ListProxiesResponse.target_connections:type_name -> berth.v1.ListProxiesResponse.TargetConnectionsEntry
+	58, // 9: berth.v1.ListProxiesResponse.connection_counts:type_name -> berth.v1.ListProxiesResponse.ConnectionCountsEntry
 	0,  // 10: berth.v1.GetProxyRequest.consistency:type_name -> berth.v1.Consistency
-	54, // 11: berth.v1.GetProxyResponse.proxy:type_name -> berth.v1.Proxy
+	61, // 11: berth.v1.GetProxyResponse.proxy:type_name -> berth.v1.Proxy
 	2,  // 12: berth.v1.GetProxyResponse.header:type_name -> berth.v1.ReadHeader
 	0,  // 13: berth.v1.ListEndpointsRequest.consistency:type_name -> berth.v1.Consistency
-	55, // 14: berth.v1.ListEndpointsResponse.endpoints:type_name -> berth.v1.Endpoint
+	62, // 14: berth.v1.ListEndpointsResponse.endpoints:type_name -> berth.v1.Endpoint
 	2,  // 15: berth.v1.ListEndpointsResponse.header:type_name -> berth.v1.ReadHeader
 	12, // 16: berth.v1.ListEndpointsResponse.connectivity:type_name -> berth.v1.EndpointConnectivity
-	56, // 17: berth.v1.EndpointConnectivity.state:type_name -> berth.v1.ConnectivityState
+	63, // 17: berth.v1.EndpointConnectivity.state:type_name -> berth.v1.ConnectivityState
 	0,  // 18: berth.v1.GetEndpointRequest.consistency:type_name -> berth.v1.Consistency
-	55, // 19: berth.v1.GetEndpointResponse.endpoint:type_name -> berth.v1.Endpoint
+	62, // 19: berth.v1.GetEndpointResponse.endpoint:type_name -> berth.v1.Endpoint
 	2,  // 20: berth.v1.GetEndpointResponse.header:type_name -> berth.v1.ReadHeader
 	0,  // 21: berth.v1.ListConnectionsRequest.consistency:type_name -> berth.v1.Consistency
-	57, // 22: berth.v1.ListConnectionsResponse.connections:type_name -> berth.v1.Connection
+	64, // 22: berth.v1.ListConnectionsResponse.connections:type_name -> berth.v1.Connection
 	2,  // 23: berth.v1.ListConnectionsResponse.header:type_name -> berth.v1.ReadHeader
 	0,  // 24: berth.v1.GetConnectionRequest.consistency:type_name -> berth.v1.Consistency
-	57, // 25: berth.v1.GetConnectionResponse.connection:type_name -> berth.v1.Connection
+	64, // 25: berth.v1.GetConnectionResponse.connection:type_name -> berth.v1.Connection
 	2,  // 26: berth.v1.GetConnectionResponse.header:type_name -> berth.v1.ReadHeader
 	0,  // 27: berth.v1.ListMovesRequest.consistency:type_name -> berth.v1.Consistency
-	58, // 28: berth.v1.ListMovesRequest.states:type_name -> berth.v1.MoveState
-	59, // 29: berth.v1.ListMovesResponse.moves:type_name -> berth.v1.Move
+	65, // 28: berth.v1.ListMovesRequest.states:type_name -> berth.v1.MoveState
+	66, // 29: berth.v1.ListMovesResponse.moves:type_name -> berth.v1.Move
 	2,  // 30: berth.v1.ListMovesResponse.header:type_name -> berth.v1.ReadHeader
 	0,  // 31: berth.v1.GetMoveRequest.consistency:type_name -> berth.v1.Consistency
-	59, // 32: berth.v1.GetMoveResponse.move:type_name -> berth.v1.Move
+	66, // 32: berth.v1.GetMoveResponse.move:type_name -> berth.v1.Move
 	2,  // 33: berth.v1.GetMoveResponse.header:type_name -> berth.v1.ReadHeader
-	54, // 34: berth.v1.CordonProxyResponse.proxy:type_name -> berth.v1.Proxy
-	54, // 35: berth.v1.UncordonProxyResponse.proxy:type_name -> berth.v1.Proxy
-	54, // 36: berth.v1.DrainProxyResponse.proxy:type_name -> berth.v1.Proxy
-	59, // 37: berth.v1.RebalanceResponse.moves:type_name -> berth.v1.Move
-	60, // 38: berth.v1.CreateAdminTokenResponse.record:type_name -> berth.v1.AdminToken
+	61, // 34: berth.v1.CordonProxyResponse.proxy:type_name -> berth.v1.Proxy
+	61, // 35: berth.v1.UncordonProxyResponse.proxy:type_name -> berth.v1.Proxy
+	61, // 36: berth.v1.DrainProxyResponse.proxy:type_name -> berth.v1.Proxy
+	66, // 37: berth.v1.RebalanceResponse.moves:type_name -> berth.v1.Move
+	67, // 38: berth.v1.CreateAdminTokenResponse.record:type_name -> berth.v1.AdminToken
 	0,  // 39: berth.v1.ListAdminTokensRequest.consistency:type_name -> berth.v1.Consistency
-	60, // 40: berth.v1.ListAdminTokensResponse.tokens:type_name -> berth.v1.AdminToken
+	67, // 40: berth.v1.ListAdminTokensResponse.tokens:type_name -> berth.v1.AdminToken
 	2,  // 41: berth.v1.ListAdminTokensResponse.header:type_name -> berth.v1.ReadHeader
-	61, // 42: berth.v1.AddServerRequest.server:type_name -> berth.v1.Server
-	62, // 43: berth.v1.WatchRequest.topics:type_name -> berth.v1.Topic
-	63, // 44: berth.v1.WatchRequest.filter:type_name -> berth.v1.EventFilter
-	44, // 45: berth.v1.WatchRequest.selectors:type_name -> berth.v1.WatchSelector
-	62, // 46: berth.v1.WatchSelector.topics:type_name -> berth.v1.Topic
-	63, // 47: berth.v1.WatchSelector.filter:type_name -> berth.v1.EventFilter
-	64, // 48: berth.v1.WatchSnapshot.events:type_name -> berth.v1.Event
-	64, // 49: berth.v1.WatchEvents.events:type_name -> berth.v1.Event
-	45, // 50: berth.v1.WatchResponse.snapshot:type_name -> berth.v1.WatchSnapshot
-	46, // 51: berth.v1.WatchResponse.events:type_name -> berth.v1.WatchEvents
-	47, // 52: berth.v1.WatchResponse.reset:type_name -> berth.v1.WatchReset
-	65, // 53: berth.v1.ListProxiesResponse.LoadEntry.value:type_name -> berth.v1.LoadSample
-	3,  // 54: berth.v1.AdminService.ClusterStatus:input_type -> berth.v1.ClusterStatusRequest
-	6,  // 55: berth.v1.AdminService.ListProxies:input_type -> berth.v1.ListProxiesRequest
-	8,  // 56: berth.v1.AdminService.GetProxy:input_type -> berth.v1.GetProxyRequest
-	10, // 57: berth.v1.AdminService.ListEndpoints:input_type -> berth.v1.ListEndpointsRequest
-	13, // 58: berth.v1.AdminService.GetEndpoint:input_type -> berth.v1.GetEndpointRequest
-	15, // 59: berth.v1.AdminService.ListConnections:input_type -> berth.v1.ListConnectionsRequest
-	17, // 60: berth.v1.AdminService.GetConnection:input_type -> berth.v1.GetConnectionRequest
-	19, // 61: berth.v1.AdminService.ListMoves:input_type -> berth.v1.ListMovesRequest
-	21, // 62: berth.v1.AdminService.GetMove:input_type -> berth.v1.GetMoveRequest
-	23, // 63: berth.v1.AdminService.CordonProxy:input_type -> berth.v1.CordonProxyRequest
-	25, // 64: berth.v1.AdminService.UncordonProxy:input_type -> berth.v1.UncordonProxyRequest
-	27, // 65: berth.v1.AdminService.DrainProxy:input_type -> berth.v1.DrainProxyRequest
-	29, // 66: berth.v1.AdminService.Rebalance:input_type -> berth.v1.RebalanceRequest
-	31, // 67: berth.v1.AdminService.CreateAdminToken:input_type -> berth.v1.CreateAdminTokenRequest
-	33, // 68: berth.v1.AdminService.RevokeAdminToken:input_type -> berth.v1.RevokeAdminTokenRequest
-	35, // 69: berth.v1.AdminService.ListAdminTokens:input_type -> berth.v1.ListAdminTokensRequest
-	37, // 70: berth.v1.AdminService.AddServer:input_type -> berth.v1.AddServerRequest
-	39, // 71: berth.v1.AdminService.RemoveServer:input_type -> berth.v1.RemoveServerRequest
-	41, // 72: berth.v1.AdminService.TransferLeadership:input_type -> berth.v1.TransferLeadershipRequest
-	43, // 73: berth.v1.AdminService.Watch:input_type -> berth.v1.WatchRequest
-	5,  // 74: berth.v1.AdminService.ClusterStatus:output_type -> berth.v1.ClusterStatusResponse
-	7,  // 75: berth.v1.AdminService.ListProxies:output_type -> berth.v1.ListProxiesResponse
-	9,  // 76: berth.v1.AdminService.GetProxy:output_type -> berth.v1.GetProxyResponse
-	11, // 77: berth.v1.AdminService.ListEndpoints:output_type -> berth.v1.ListEndpointsResponse
-	14, // 78: berth.v1.AdminService.GetEndpoint:output_type -> berth.v1.GetEndpointResponse
-	16, // 79: berth.v1.AdminService.ListConnections:output_type -> berth.v1.ListConnectionsResponse
-	18, // 80: berth.v1.AdminService.GetConnection:output_type -> berth.v1.GetConnectionResponse
-	20, // 81: berth.v1.AdminService.ListMoves:output_type -> berth.v1.ListMovesResponse
-	22, // 82: berth.v1.AdminService.GetMove:output_type -> berth.v1.GetMoveResponse
-	24, // 83: berth.v1.AdminService.CordonProxy:output_type -> berth.v1.CordonProxyResponse
-	26, // 84: berth.v1.AdminService.UncordonProxy:output_type -> berth.v1.UncordonProxyResponse
-	28, // 85: berth.v1.AdminService.DrainProxy:output_type -> berth.v1.DrainProxyResponse
-	30, // 86: berth.v1.AdminService.Rebalance:output_type -> berth.v1.RebalanceResponse
-	32, // 87: berth.v1.AdminService.CreateAdminToken:output_type -> berth.v1.CreateAdminTokenResponse
-	34, // 88: berth.v1.AdminService.RevokeAdminToken:output_type -> berth.v1.RevokeAdminTokenResponse
-	36, // 89: berth.v1.AdminService.ListAdminTokens:output_type -> berth.v1.ListAdminTokensResponse
-	38, // 90: berth.v1.AdminService.AddServer:output_type -> berth.v1.AddServerResponse
-	40, // 91: berth.v1.AdminService.RemoveServer:output_type -> berth.v1.RemoveServerResponse
-	42, // 92: berth.v1.AdminService.TransferLeadership:output_type -> berth.v1.TransferLeadershipResponse
-	48, // 93: berth.v1.AdminService.Watch:output_type -> berth.v1.WatchResponse
-	74, // [74:94] is the sub-list for method output_type
-	54, // [54:74] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	68, // 42: berth.v1.AddServerRequest.server:type_name -> berth.v1.Server
+	69, // 43: berth.v1.BackupHeader.counts:type_name -> berth.v1.SnapshotTrailer
+	46, // 44: berth.v1.SaveSnapshotResponse.header:type_name -> berth.v1.BackupHeader
+	46, // 45: berth.v1.RestoreSnapshotRequest.header:type_name -> berth.v1.BackupHeader
+	69, // 46: berth.v1.RestoreSnapshotResponse.counts:type_name -> berth.v1.SnapshotTrailer
+	70, // 47: berth.v1.WatchRequest.topics:type_name -> berth.v1.Topic
+	71, // 48: berth.v1.WatchRequest.filter:type_name -> berth.v1.EventFilter
+	51, // 49: berth.v1.WatchRequest.selectors:type_name -> berth.v1.WatchSelector
+	70, // 50: berth.v1.WatchSelector.topics:type_name -> berth.v1.Topic
+	71, // 51: berth.v1.WatchSelector.filter:type_name -> berth.v1.EventFilter
+	72, // 52: berth.v1.WatchSnapshot.events:type_name -> berth.v1.Event
+	72, // 53: berth.v1.WatchEvents.events:type_name -> berth.v1.Event
+	52, // 54: berth.v1.WatchResponse.snapshot:type_name -> berth.v1.WatchSnapshot
+	53, // 55: berth.v1.WatchResponse.events:type_name -> berth.v1.WatchEvents
+	54, // 56: berth.v1.WatchResponse.reset:type_name -> berth.v1.WatchReset
+	73, // 57: berth.v1.ListProxiesResponse.LoadEntry.value:type_name -> berth.v1.LoadSample
+	3,  // 58: berth.v1.AdminService.ClusterStatus:input_type -> berth.v1.ClusterStatusRequest
+	6,  // 59: berth.v1.AdminService.ListProxies:input_type -> berth.v1.ListProxiesRequest
+	8,  // 60: berth.v1.AdminService.GetProxy:input_type -> berth.v1.GetProxyRequest
+	10, // 61: berth.v1.AdminService.ListEndpoints:input_type -> berth.v1.ListEndpointsRequest
+	13, // 62: berth.v1.AdminService.GetEndpoint:input_type -> berth.v1.GetEndpointRequest
+	15, // 63: berth.v1.AdminService.ListConnections:input_type -> berth.v1.ListConnectionsRequest
+	17, // 64: berth.v1.AdminService.GetConnection:input_type -> berth.v1.GetConnectionRequest
+	19, // 65: berth.v1.AdminService.ListMoves:input_type -> berth.v1.ListMovesRequest
+	21, // 66: berth.v1.AdminService.GetMove:input_type -> berth.v1.GetMoveRequest
+	23, // 67: berth.v1.AdminService.CordonProxy:input_type -> berth.v1.CordonProxyRequest
+	25, // 68: berth.v1.AdminService.UncordonProxy:input_type -> berth.v1.UncordonProxyRequest
+	27, // 69: berth.v1.AdminService.DrainProxy:input_type -> berth.v1.DrainProxyRequest
+	29, // 70: berth.v1.AdminService.RemoveProxy:input_type -> berth.v1.RemoveProxyRequest
+	31, // 71: berth.v1.AdminService.Rebalance:input_type -> berth.v1.RebalanceRequest
+	33, // 72: berth.v1.AdminService.CreateAdminToken:input_type -> berth.v1.CreateAdminTokenRequest
+	35, // 73: berth.v1.AdminService.RevokeAdminToken:input_type -> berth.v1.RevokeAdminTokenRequest
+	37, // 74: berth.v1.AdminService.ListAdminTokens:input_type -> berth.v1.ListAdminTokensRequest
+	39, // 75: berth.v1.AdminService.AddServer:input_type -> berth.v1.AddServerRequest
+	41, // 76: berth.v1.AdminService.RemoveServer:input_type -> berth.v1.RemoveServerRequest
+	43, // 77: berth.v1.AdminService.TransferLeadership:input_type -> berth.v1.TransferLeadershipRequest
+	45, // 78: berth.v1.AdminService.SaveSnapshot:input_type -> berth.v1.SaveSnapshotRequest
+	48, // 79: berth.v1.AdminService.RestoreSnapshot:input_type -> berth.v1.RestoreSnapshotRequest
+	50, // 80: berth.v1.AdminService.Watch:input_type -> berth.v1.WatchRequest
+	5,  // 81: berth.v1.AdminService.ClusterStatus:output_type -> berth.v1.ClusterStatusResponse
+	7,  // 82: berth.v1.AdminService.ListProxies:output_type -> berth.v1.ListProxiesResponse
+	9,  // 83: berth.v1.AdminService.GetProxy:output_type -> berth.v1.GetProxyResponse
+	11, // 84: berth.v1.AdminService.ListEndpoints:output_type -> berth.v1.ListEndpointsResponse
+	14, // 85: berth.v1.AdminService.GetEndpoint:output_type -> berth.v1.GetEndpointResponse
+	16, // 86: berth.v1.AdminService.ListConnections:output_type -> berth.v1.ListConnectionsResponse
+	18, // 87: berth.v1.AdminService.GetConnection:output_type -> berth.v1.GetConnectionResponse
+	20, // 88: berth.v1.AdminService.ListMoves:output_type -> berth.v1.ListMovesResponse
+	22, // 89: berth.v1.AdminService.GetMove:output_type -> berth.v1.GetMoveResponse
+	24, // 90: berth.v1.AdminService.CordonProxy:output_type -> berth.v1.CordonProxyResponse
+	26, // 91: berth.v1.AdminService.UncordonProxy:output_type -> berth.v1.UncordonProxyResponse
+	28, // 92: berth.v1.AdminService.DrainProxy:output_type -> berth.v1.DrainProxyResponse
+	30, // 93: berth.v1.AdminService.RemoveProxy:output_type -> berth.v1.RemoveProxyResponse
+	32, // 94: berth.v1.AdminService.Rebalance:output_type -> berth.v1.RebalanceResponse
+	34, // 95: berth.v1.AdminService.CreateAdminToken:output_type -> berth.v1.CreateAdminTokenResponse
+	36, // 96: berth.v1.AdminService.RevokeAdminToken:output_type -> berth.v1.RevokeAdminTokenResponse
+	38, // 97: berth.v1.AdminService.ListAdminTokens:output_type -> berth.v1.ListAdminTokensResponse
+	40, // 98: berth.v1.AdminService.AddServer:output_type -> berth.v1.AddServerResponse
+	42, // 99: berth.v1.AdminService.RemoveServer:output_type -> berth.v1.RemoveServerResponse
+	44, // 100: berth.v1.AdminService.TransferLeadership:output_type -> berth.v1.TransferLeadershipResponse
+	47, // 101: berth.v1.AdminService.SaveSnapshot:output_type -> berth.v1.SaveSnapshotResponse
+	49, // 102: berth.v1.AdminService.RestoreSnapshot:output_type -> berth.v1.RestoreSnapshotResponse
+	55, // 103: berth.v1.AdminService.Watch:output_type -> berth.v1.WatchResponse
+	81, // [81:104] is the sub-list for method output_type
+	58, // [58:81] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_berth_v1_admin_proto_init() }
@@ -3216,7 +3665,8 @@ func file_berth_v1_admin_proto_init() {
 	file_berth_v1_build_proto_init()
 	file_berth_v1_events_proto_init()
 	file_berth_v1_model_proto_init()
-	file_berth_v1_admin_proto_msgTypes[46].OneofWrappers = []any{
+	file_berth_v1_snapshot_proto_init()
+	file_berth_v1_admin_proto_msgTypes[53].OneofWrappers = []any{
 		(*WatchResponse_Snapshot)(nil),
 		(*WatchResponse_Events)(nil),
 		(*WatchResponse_Reset_)(nil),
@@ -3227,7 +3677,7 @@ func file_berth_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_v1_admin_proto_rawDesc), len(file_berth_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   50,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

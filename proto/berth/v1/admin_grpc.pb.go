@@ -31,6 +31,7 @@ const (
 	AdminService_CordonProxy_FullMethodName        = "/berth.v1.AdminService/CordonProxy"
 	AdminService_UncordonProxy_FullMethodName      = "/berth.v1.AdminService/UncordonProxy"
 	AdminService_DrainProxy_FullMethodName         = "/berth.v1.AdminService/DrainProxy"
+	AdminService_RemoveProxy_FullMethodName        = "/berth.v1.AdminService/RemoveProxy"
 	AdminService_Rebalance_FullMethodName          = "/berth.v1.AdminService/Rebalance"
 	AdminService_CreateAdminToken_FullMethodName   = "/berth.v1.AdminService/CreateAdminToken"
 	AdminService_RevokeAdminToken_FullMethodName   = "/berth.v1.AdminService/RevokeAdminToken"
@@ -38,6 +39,8 @@ const (
 	AdminService_AddServer_FullMethodName          = "/berth.v1.AdminService/AddServer"
 	AdminService_RemoveServer_FullMethodName       = "/berth.v1.AdminService/RemoveServer"
 	AdminService_TransferLeadership_FullMethodName = "/berth.v1.AdminService/TransferLeadership"
+	AdminService_SaveSnapshot_FullMethodName       = "/berth.v1.AdminService/SaveSnapshot"
+	AdminService_RestoreSnapshot_FullMethodName    = "/berth.v1.AdminService/RestoreSnapshot"
 	AdminService_Watch_FullMethodName              = "/berth.v1.AdminService/Watch"
 )
 
@@ -61,6 +64,9 @@ type AdminServiceClient interface {
 	CordonProxy(ctx context.Context, in *CordonProxyRequest, opts ...grpc.CallOption) (*CordonProxyResponse, error)
 	UncordonProxy(ctx context.Context, in *UncordonProxyRequest, opts ...grpc.CallOption) (*UncordonProxyResponse, error)
 	DrainProxy(ctx context.Context, in *DrainProxyRequest, opts ...grpc.CallOption) (*DrainProxyResponse, error)
+	// RemoveProxy forgets a proxy that is DOWN and holds nothing;
+	// FailedPrecondition while it is up or still holds connections or moves.
+	RemoveProxy(ctx context.Context, in *RemoveProxyRequest, opts ...grpc.CallOption) (*RemoveProxyResponse, error)
 	// Rebalance asks the leader to plan now: with dry_run it returns the plan
 	// (with reasons) and commits nothing; otherwise it commits the moves.
 	Rebalance(ctx context.Context, in *RebalanceRequest, opts ...grpc.CallOption) (*RebalanceResponse, error)
@@ -72,6 +78,13 @@ type AdminServiceClient interface {
 	AddServer(ctx context.Context, in *AddServerRequest, opts ...grpc.CallOption) (*AddServerResponse, error)
 	RemoveServer(ctx context.Context, in *RemoveServerRequest, opts ...grpc.CallOption) (*RemoveServerResponse, error)
 	TransferLeadership(ctx context.Context, in *TransferLeadershipRequest, opts ...grpc.CallOption) (*TransferLeadershipResponse, error)
+	// SaveSnapshot streams a copy of the registry taken at a linearizable
+	// read point: a BackupHeader first, then the FSM snapshot bytes.
+	SaveSnapshot(ctx context.Context, in *SaveSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SaveSnapshotResponse], error)
+	// RestoreSnapshot replaces the registry with a saved copy (header first,
+	// then the bytes). Only a cluster whose registry is empty accepts it,
+	// unless force is set. Runs on the leader; other nodes forward it.
+	RestoreSnapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreSnapshotRequest, RestoreSnapshotResponse], error)
 	// Watch streams a snapshot of the matching state at some index, then every
 	// later event in order. Falling behind yields a reset and a fresh start.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error)
@@ -205,6 +218,16 @@ func (c *adminServiceClient) DrainProxy(ctx context.Context, in *DrainProxyReque
 	return out, nil
 }
 
+func (c *adminServiceClient) RemoveProxy(ctx context.Context, in *RemoveProxyRequest, opts ...grpc.CallOption) (*RemoveProxyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveProxyResponse)
+	err := c.cc.Invoke(ctx, AdminService_RemoveProxy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) Rebalance(ctx context.Context, in *RebalanceRequest, opts ...grpc.CallOption) (*RebalanceResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RebalanceResponse)
@@ -275,9 +298,41 @@ func (c *adminServiceClient) TransferLeadership(ctx context.Context, in *Transfe
 	return out, nil
 }
 
+func (c *adminServiceClient) SaveSnapshot(ctx context.Context, in *SaveSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SaveSnapshotResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_SaveSnapshot_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SaveSnapshotRequest, SaveSnapshotResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_SaveSnapshotClient = grpc.ServerStreamingClient[SaveSnapshotResponse]
+
+func (c *adminServiceClient) RestoreSnapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreSnapshotRequest, RestoreSnapshotResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[1], AdminService_RestoreSnapshot_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RestoreSnapshotRequest, RestoreSnapshotResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_RestoreSnapshotClient = grpc.ClientStreamingClient[RestoreSnapshotRequest, RestoreSnapshotResponse]
+
 func (c *adminServiceClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_Watch_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[2], AdminService_Watch_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -314,6 +369,9 @@ type AdminServiceServer interface {
 	CordonProxy(context.Context, *CordonProxyRequest) (*CordonProxyResponse, error)
 	UncordonProxy(context.Context, *UncordonProxyRequest) (*UncordonProxyResponse, error)
 	DrainProxy(context.Context, *DrainProxyRequest) (*DrainProxyResponse, error)
+	// RemoveProxy forgets a proxy that is DOWN and holds nothing;
+	// FailedPrecondition while it is up or still holds connections or moves.
+	RemoveProxy(context.Context, *RemoveProxyRequest) (*RemoveProxyResponse, error)
 	// Rebalance asks the leader to plan now: with dry_run it returns the plan
 	// (with reasons) and commits nothing; otherwise it commits the moves.
 	Rebalance(context.Context, *RebalanceRequest) (*RebalanceResponse, error)
@@ -325,6 +383,13 @@ type AdminServiceServer interface {
 	AddServer(context.Context, *AddServerRequest) (*AddServerResponse, error)
 	RemoveServer(context.Context, *RemoveServerRequest) (*RemoveServerResponse, error)
 	TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error)
+	// SaveSnapshot streams a copy of the registry taken at a linearizable
+	// read point: a BackupHeader first, then the FSM snapshot bytes.
+	SaveSnapshot(*SaveSnapshotRequest, grpc.ServerStreamingServer[SaveSnapshotResponse]) error
+	// RestoreSnapshot replaces the registry with a saved copy (header first,
+	// then the bytes). Only a cluster whose registry is empty accepts it,
+	// unless force is set. Runs on the leader; other nodes forward it.
+	RestoreSnapshot(grpc.ClientStreamingServer[RestoreSnapshotRequest, RestoreSnapshotResponse]) error
 	// Watch streams a snapshot of the matching state at some index, then every
 	// later event in order. Falling behind yields a reset and a fresh start.
 	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error
@@ -374,6 +439,9 @@ func (UnimplementedAdminServiceServer) UncordonProxy(context.Context, *UncordonP
 func (UnimplementedAdminServiceServer) DrainProxy(context.Context, *DrainProxyRequest) (*DrainProxyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DrainProxy not implemented")
 }
+func (UnimplementedAdminServiceServer) RemoveProxy(context.Context, *RemoveProxyRequest) (*RemoveProxyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveProxy not implemented")
+}
 func (UnimplementedAdminServiceServer) Rebalance(context.Context, *RebalanceRequest) (*RebalanceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Rebalance not implemented")
 }
@@ -394,6 +462,12 @@ func (UnimplementedAdminServiceServer) RemoveServer(context.Context, *RemoveServ
 }
 func (UnimplementedAdminServiceServer) TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method TransferLeadership not implemented")
+}
+func (UnimplementedAdminServiceServer) SaveSnapshot(*SaveSnapshotRequest, grpc.ServerStreamingServer[SaveSnapshotResponse]) error {
+	return status.Error(codes.Unimplemented, "method SaveSnapshot not implemented")
+}
+func (UnimplementedAdminServiceServer) RestoreSnapshot(grpc.ClientStreamingServer[RestoreSnapshotRequest, RestoreSnapshotResponse]) error {
+	return status.Error(codes.Unimplemented, "method RestoreSnapshot not implemented")
 }
 func (UnimplementedAdminServiceServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
@@ -635,6 +709,24 @@ func _AdminService_DrainProxy_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RemoveProxy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveProxyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RemoveProxy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RemoveProxy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RemoveProxy(ctx, req.(*RemoveProxyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_Rebalance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RebalanceRequest)
 	if err := dec(in); err != nil {
@@ -761,6 +853,24 @@ func _AdminService_TransferLeadership_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_SaveSnapshot_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SaveSnapshotRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).SaveSnapshot(m, &grpc.GenericServerStream[SaveSnapshotRequest, SaveSnapshotResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_SaveSnapshotServer = grpc.ServerStreamingServer[SaveSnapshotResponse]
+
+func _AdminService_RestoreSnapshot_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AdminServiceServer).RestoreSnapshot(&grpc.GenericServerStream[RestoreSnapshotRequest, RestoreSnapshotResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_RestoreSnapshotServer = grpc.ClientStreamingServer[RestoreSnapshotRequest, RestoreSnapshotResponse]
+
 func _AdminService_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -828,6 +938,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_DrainProxy_Handler,
 		},
 		{
+			MethodName: "RemoveProxy",
+			Handler:    _AdminService_RemoveProxy_Handler,
+		},
+		{
 			MethodName: "Rebalance",
 			Handler:    _AdminService_Rebalance_Handler,
 		},
@@ -857,6 +971,16 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "SaveSnapshot",
+			Handler:       _AdminService_SaveSnapshot_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "RestoreSnapshot",
+			Handler:       _AdminService_RestoreSnapshot_Handler,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "Watch",
 			Handler:       _AdminService_Watch_Handler,

@@ -110,6 +110,7 @@ type Command struct {
 	//	*Command_Batch
 	//	*Command_UpsertAdminToken
 	//	*Command_RevokeAdminToken
+	//	*Command_RemoveProxy
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -283,6 +284,15 @@ func (x *Command) GetRevokeAdminToken() *RevokeAdminTokenCommand {
 	return nil
 }
 
+func (x *Command) GetRemoveProxy() *RemoveProxyCommand {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_RemoveProxy); ok {
+			return x.RemoveProxy
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -339,6 +349,10 @@ type Command_RevokeAdminToken struct {
 	RevokeAdminToken *RevokeAdminTokenCommand `protobuf:"bytes,22,opt,name=revoke_admin_token,json=revokeAdminToken,proto3,oneof"`
 }
 
+type Command_RemoveProxy struct {
+	RemoveProxy *RemoveProxyCommand `protobuf:"bytes,23,opt,name=remove_proxy,json=removeProxy,proto3,oneof"`
+}
+
 func (*Command_RegisterProxy) isCommand_Kind() {}
 
 func (*Command_SetProxyAdminState) isCommand_Kind() {}
@@ -364,6 +378,8 @@ func (*Command_Batch) isCommand_Kind() {}
 func (*Command_UpsertAdminToken) isCommand_Kind() {}
 
 func (*Command_RevokeAdminToken) isCommand_Kind() {}
+
+func (*Command_RemoveProxy) isCommand_Kind() {}
 
 // CommandBatch is several independent commands proposed as one log entry:
 // the leader coalesces concurrent proposals so that Raft's per-entry cost
@@ -1199,6 +1215,54 @@ func (x *RemoveServerCommand) GetServerId() string {
 	return ""
 }
 
+// RemoveProxyCommand forgets a proxy an operator knows is gone. Unlike
+// DeregisterProxyCommand it evicts nothing: it is refused unless the proxy
+// is DOWN (the leader stopped hearing from it), holds no connection and
+// takes part in no unfinished move.
+type RemoveProxyCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ProxyId       string                 `protobuf:"bytes,1,opt,name=proxy_id,json=proxyId,proto3" json:"proxy_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveProxyCommand) Reset() {
+	*x = RemoveProxyCommand{}
+	mi := &file_berth_v1_command_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveProxyCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveProxyCommand) ProtoMessage() {}
+
+func (x *RemoveProxyCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_v1_command_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveProxyCommand.ProtoReflect.Descriptor instead.
+func (*RemoveProxyCommand) Descriptor() ([]byte, []int) {
+	return file_berth_v1_command_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RemoveProxyCommand) GetProxyId() string {
+	if x != nil {
+		return x.ProxyId
+	}
+	return ""
+}
+
 type EventError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Position of the refused event in its batch.
@@ -1211,7 +1275,7 @@ type EventError struct {
 
 func (x *EventError) Reset() {
 	*x = EventError{}
-	mi := &file_berth_v1_command_proto_msgTypes[17]
+	mi := &file_berth_v1_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1223,7 +1287,7 @@ func (x *EventError) String() string {
 func (*EventError) ProtoMessage() {}
 
 func (x *EventError) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_command_proto_msgTypes[17]
+	mi := &file_berth_v1_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1236,7 +1300,7 @@ func (x *EventError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventError.ProtoReflect.Descriptor instead.
 func (*EventError) Descriptor() ([]byte, []int) {
-	return file_berth_v1_command_proto_rawDescGZIP(), []int{17}
+	return file_berth_v1_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EventError) GetPosition() uint32 {
@@ -1276,7 +1340,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_berth_v1_command_proto_msgTypes[18]
+	mi := &file_berth_v1_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1288,7 +1352,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_v1_command_proto_msgTypes[18]
+	mi := &file_berth_v1_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1301,7 +1365,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_berth_v1_command_proto_rawDescGZIP(), []int{18}
+	return file_berth_v1_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CommandResult) GetCode() ResultCode {
@@ -1343,7 +1407,7 @@ var File_berth_v1_command_proto protoreflect.FileDescriptor
 
 const file_berth_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x16berth/v1/command.proto\x12\bberth.v1\x1a\x14berth/v1/model.proto\"\x92\b\n" +
+	"\x16berth/v1/command.proto\x12\bberth.v1\x1a\x14berth/v1/model.proto\"\xd5\b\n" +
 	"\aCommand\x12\x1e\n" +
 	"\vnow_unix_ms\x18\x01 \x01(\x03R\tnowUnixMs\x12\x1d\n" +
 	"\n" +
@@ -1362,7 +1426,8 @@ const file_berth_v1_command_proto_rawDesc = "" +
 	"\rremove_server\x18\x13 \x01(\v2\x1d.berth.v1.RemoveServerCommandH\x00R\fremoveServer\x12.\n" +
 	"\x05batch\x18\x14 \x01(\v2\x16.berth.v1.CommandBatchH\x00R\x05batch\x12Q\n" +
 	"\x12upsert_admin_token\x18\x15 \x01(\v2!.berth.v1.UpsertAdminTokenCommandH\x00R\x10upsertAdminToken\x12Q\n" +
-	"\x12revoke_admin_token\x18\x16 \x01(\v2!.berth.v1.RevokeAdminTokenCommandH\x00R\x10revokeAdminTokenB\x06\n" +
+	"\x12revoke_admin_token\x18\x16 \x01(\v2!.berth.v1.RevokeAdminTokenCommandH\x00R\x10revokeAdminToken\x12A\n" +
+	"\fremove_proxy\x18\x17 \x01(\v2\x1c.berth.v1.RemoveProxyCommandH\x00R\vremoveProxyB\x06\n" +
 	"\x04kind\"=\n" +
 	"\fCommandBatch\x12-\n" +
 	"\bcommands\x18\x01 \x03(\v2\x11.berth.v1.CommandR\bcommands\"=\n" +
@@ -1410,7 +1475,9 @@ const file_berth_v1_command_proto_rawDesc = "" +
 	"\x17RevokeAdminTokenCommand\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\"2\n" +
 	"\x13RemoveServerCommand\x12\x1b\n" +
-	"\tserver_id\x18\x01 \x01(\tR\bserverId\"l\n" +
+	"\tserver_id\x18\x01 \x01(\tR\bserverId\"/\n" +
+	"\x12RemoveProxyCommand\x12\x19\n" +
+	"\bproxy_id\x18\x01 \x01(\tR\aproxyId\"l\n" +
 	"\n" +
 	"EventError\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\rR\bposition\x12(\n" +
@@ -1444,7 +1511,7 @@ func file_berth_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_berth_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_berth_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_berth_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_berth_v1_command_proto_goTypes = []any{
 	(ResultCode)(0),                   // 0: berth.v1.ResultCode
 	(*Command)(nil),                   // 1: berth.v1.Command
@@ -1464,16 +1531,17 @@ var file_berth_v1_command_proto_goTypes = []any{
 	(*UpsertAdminTokenCommand)(nil),   // 15: berth.v1.UpsertAdminTokenCommand
 	(*RevokeAdminTokenCommand)(nil),   // 16: berth.v1.RevokeAdminTokenCommand
 	(*RemoveServerCommand)(nil),       // 17: berth.v1.RemoveServerCommand
-	(*EventError)(nil),                // 18: berth.v1.EventError
-	(*CommandResult)(nil),             // 19: berth.v1.CommandResult
-	(*Proxy)(nil),                     // 20: berth.v1.Proxy
-	(AdminState)(0),                   // 21: berth.v1.AdminState
-	(Health)(0),                       // 22: berth.v1.Health
-	(*Connection)(nil),                // 23: berth.v1.Connection
-	(*Move)(nil),                      // 24: berth.v1.Move
-	(MoveState)(0),                    // 25: berth.v1.MoveState
-	(*Server)(nil),                    // 26: berth.v1.Server
-	(*AdminToken)(nil),                // 27: berth.v1.AdminToken
+	(*RemoveProxyCommand)(nil),        // 18: berth.v1.RemoveProxyCommand
+	(*EventError)(nil),                // 19: berth.v1.EventError
+	(*CommandResult)(nil),             // 20: berth.v1.CommandResult
+	(*Proxy)(nil),                     // 21: berth.v1.Proxy
+	(AdminState)(0),                   // 22: berth.v1.AdminState
+	(Health)(0),                       // 23: berth.v1.Health
+	(*Connection)(nil),                // 24: berth.v1.Connection
+	(*Move)(nil),                      // 25: berth.v1.Move
+	(MoveState)(0),                    // 26: berth.v1.MoveState
+	(*Server)(nil),                    // 27: berth.v1.Server
+	(*AdminToken)(nil),                // 28: berth.v1.AdminToken
 }
 var file_berth_v1_command_proto_depIdxs = []int32{
 	3,  // 0: berth.v1.Command.register_proxy:type_name -> berth.v1.RegisterProxyCommand
@@ -1489,28 +1557,29 @@ var file_berth_v1_command_proto_depIdxs = []int32{
 	2,  // 10: berth.v1.Command.batch:type_name -> berth.v1.CommandBatch
 	15, // 11: berth.v1.Command.upsert_admin_token:type_name -> berth.v1.UpsertAdminTokenCommand
 	16, // 12: berth.v1.Command.revoke_admin_token:type_name -> berth.v1.RevokeAdminTokenCommand
-	1,  // 13: berth.v1.CommandBatch.commands:type_name -> berth.v1.Command
-	20, // 14: berth.v1.RegisterProxyCommand.proxy:type_name -> berth.v1.Proxy
-	21, // 15: berth.v1.SetProxyAdminStateCommand.admin_state:type_name -> berth.v1.AdminState
-	22, // 16: berth.v1.SetProxyHealthCommand.health:type_name -> berth.v1.Health
-	23, // 17: berth.v1.ConnectionOpen.connection:type_name -> berth.v1.Connection
-	7,  // 18: berth.v1.ConnectionEvent.open:type_name -> berth.v1.ConnectionOpen
-	8,  // 19: berth.v1.ConnectionEvent.close:type_name -> berth.v1.ConnectionClose
-	9,  // 20: berth.v1.ConnectionEventsCommand.events:type_name -> berth.v1.ConnectionEvent
-	23, // 21: berth.v1.ReconcileProxyCommand.connections:type_name -> berth.v1.Connection
-	24, // 22: berth.v1.CreateMovesCommand.moves:type_name -> berth.v1.Move
-	25, // 23: berth.v1.UpdateMoveCommand.state:type_name -> berth.v1.MoveState
-	26, // 24: berth.v1.UpsertServerCommand.server:type_name -> berth.v1.Server
-	27, // 25: berth.v1.UpsertAdminTokenCommand.token:type_name -> berth.v1.AdminToken
-	0,  // 26: berth.v1.EventError.code:type_name -> berth.v1.ResultCode
-	0,  // 27: berth.v1.CommandResult.code:type_name -> berth.v1.ResultCode
-	18, // 28: berth.v1.CommandResult.event_errors:type_name -> berth.v1.EventError
-	19, // 29: berth.v1.CommandResult.results:type_name -> berth.v1.CommandResult
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	18, // 13: berth.v1.Command.remove_proxy:type_name -> berth.v1.RemoveProxyCommand
+	1,  // 14: berth.v1.CommandBatch.commands:type_name -> berth.v1.Command
+	21, // 15: berth.v1.RegisterProxyCommand.proxy:type_name -> berth.v1.Proxy
+	22, // 16: berth.v1.SetProxyAdminStateCommand.admin_state:type_name -> berth.v1.AdminState
+	23, // 17: berth.v1.SetProxyHealthCommand.health:type_name -> berth.v1.Health
+	24, // 18: berth.v1.ConnectionOpen.connection:type_name -> berth.v1.Connection
+	7,  // 19: berth.v1.ConnectionEvent.open:type_name -> berth.v1.ConnectionOpen
+	8,  // 20: berth.v1.ConnectionEvent.close:type_name -> berth.v1.ConnectionClose
+	9,  // 21: berth.v1.ConnectionEventsCommand.events:type_name -> berth.v1.ConnectionEvent
+	24, // 22: berth.v1.ReconcileProxyCommand.connections:type_name -> berth.v1.Connection
+	25, // 23: berth.v1.CreateMovesCommand.moves:type_name -> berth.v1.Move
+	26, // 24: berth.v1.UpdateMoveCommand.state:type_name -> berth.v1.MoveState
+	27, // 25: berth.v1.UpsertServerCommand.server:type_name -> berth.v1.Server
+	28, // 26: berth.v1.UpsertAdminTokenCommand.token:type_name -> berth.v1.AdminToken
+	0,  // 27: berth.v1.EventError.code:type_name -> berth.v1.ResultCode
+	0,  // 28: berth.v1.CommandResult.code:type_name -> berth.v1.ResultCode
+	19, // 29: berth.v1.CommandResult.event_errors:type_name -> berth.v1.EventError
+	20, // 30: berth.v1.CommandResult.results:type_name -> berth.v1.CommandResult
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_berth_v1_command_proto_init() }
@@ -1533,6 +1602,7 @@ func file_berth_v1_command_proto_init() {
 		(*Command_Batch)(nil),
 		(*Command_UpsertAdminToken)(nil),
 		(*Command_RevokeAdminToken)(nil),
+		(*Command_RemoveProxy)(nil),
 	}
 	file_berth_v1_command_proto_msgTypes[8].OneofWrappers = []any{
 		(*ConnectionEvent_Open)(nil),
@@ -1544,7 +1614,7 @@ func file_berth_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_v1_command_proto_rawDesc), len(file_berth_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
