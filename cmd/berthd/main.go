@@ -10,10 +10,12 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
 	"github.com/berthhq/berth/cmd/internal/conf"
 	"github.com/berthhq/berth/controlplane"
+	"github.com/berthhq/berth/controlplane/raftmetrics"
 	"github.com/berthhq/berth/dataplane/debughttp"
 )
 
@@ -31,7 +33,12 @@ func run(args []string) error {
 	fs.AddGoFlagSet(goFlags)
 	pprof := fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on --http-addr")
 	return conf.Run(fs, args, "BERTH_", func(logger *slog.Logger) (io.Closer, error) {
-		var deps controlplane.Deps
+		// One node per process: raft's go-metrics global can be this
+		// node's.
+		deps := controlplane.Deps{Registry: prometheus.NewRegistry()}
+		if err := raftmetrics.Register(deps.Registry); err != nil {
+			return nil, err
+		}
 		if *pprof {
 			if cfg.HTTPAddr == "" {
 				return nil, errors.New("pprof: needs --http-addr")
