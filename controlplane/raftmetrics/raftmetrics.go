@@ -72,7 +72,7 @@ func NewSink() *Sink {
 	for _, state := range []string{"follower", "candidate", "leader"} {
 		counter("raft.state."+state, "became_"+state+"_total", "Times this node became "+state+".")
 	}
-	peers := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "berth", Subsystem: "raft", Name: "peers", Help: "Servers in the latest Raft configuration."}, nil)
+	peers := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "berth", Subsystem: "raft", Name: "peers", Help: "Leader: servers in the latest Raft configuration (set when it leads)."}, nil)
 	s.gauges["raft.peers"] = peers
 	s.all = append(s.all, peers)
 	s.labels["raft.replication.appendEntries.rpc"] = map[string]string{"peer_id": "peer"}
