@@ -29,8 +29,8 @@ type Sink struct {
 	timers   map[string]*prometheus.HistogramVec // by dotted go-metrics key; values in milliseconds
 	counters map[string]*prometheus.CounterVec
 	gauges   map[string]*prometheus.GaugeVec
-	// labels maps go-metrics label names to the Prometheus label kept.
-	labels map[string]map[string]string
+	// byPeer are the keys raft labels with peer_id, kept as label peer.
+	byPeer map[string]bool
 	all    []prometheus.Collector
 }
 
@@ -46,7 +46,7 @@ func NewSink() *Sink {
 		timers:   map[string]*prometheus.HistogramVec{},
 		counters: map[string]*prometheus.CounterVec{},
 		gauges:   map[string]*prometheus.GaugeVec{},
-		labels:   map[string]map[string]string{},
+		byPeer:   map[string]bool{},
 	}
 	timer := func(key, name, help string, labels ...string) {
 		h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "berth", Subsystem: "raft", Name: name, Help: help, Buckets: durationBuckets}, labels)
@@ -75,17 +75,17 @@ func NewSink() *Sink {
 	peers := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "berth", Subsystem: "raft", Name: "peers", Help: "Leader: servers in the latest Raft configuration (set when it leads)."}, nil)
 	s.gauges["raft.peers"] = peers
 	s.all = append(s.all, peers)
-	s.labels["raft.replication.appendEntries.rpc"] = map[string]string{"peer_id": "peer"}
-	s.labels["raft.replication.appendEntries.logs"] = map[string]string{"peer_id": "peer"}
+	s.byPeer["raft.replication.appendEntries.rpc"] = true
+	s.byPeer["raft.replication.appendEntries.logs"] = true
 	// Series without labels exist from the start, so a scrape before the
 	// first election already lists them.
 	for key, h := range s.timers {
-		if len(s.labels[key]) == 0 {
+		if !s.byPeer[key] {
 			h.WithLabelValues()
 		}
 	}
 	for key, c := range s.counters {
-		if len(s.labels[key]) == 0 {
+		if !s.byPeer[key] {
 			c.WithLabelValues()
 		}
 	}
@@ -106,21 +106,19 @@ func (s *Sink) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// labelValues picks the Prometheus label values for key from a sample's
-// go-metrics labels; ok is false when one the collector needs is absent
-// (raft's legacy duplicates put the peer in the key instead).
+// labelValues are the Prometheus label values of a sample for key: none,
+// or the peer_id label's value for the keys kept by peer. ok is false when
+// that label is absent.
 func (s *Sink) labelValues(key string, labels []gometrics.Label) ([]string, bool) {
-	want := s.labels[key]
-	if len(want) == 0 {
+	if !s.byPeer[key] {
 		return nil, true
 	}
-	vals := make([]string, 0, len(want))
 	for _, l := range labels {
-		if _, keep := want[l.Name]; keep {
-			vals = append(vals, l.Value)
+		if l.Name == "peer_id" {
+			return []string{l.Value}, true
 		}
 	}
-	return vals, len(vals) == len(want)
+	return nil, false
 }
 
 // SetGauge implements go-metrics' MetricSink.
