@@ -36,6 +36,8 @@ type metrics struct {
 	denied            *prometheus.CounterVec
 	moveDuration      prometheus.Histogram
 	imbalance         prometheus.Gauge
+	targets           *prometheus.GaugeVec
+	movesInFlight     prometheus.Gauge
 }
 
 func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
@@ -72,7 +74,12 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 		imbalance: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "berth", Subsystem: "cp", Name: "imbalance_ratio",
 			Help: "max |connections - target| / target over schedulable proxies, at the last planning round."}),
 		rpcs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "berth", Subsystem: "cp", Name: "grpc_requests_total", Help: "Unary gRPC requests by method and code."}, []string{"method", "code"}),
+		targets: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "berth", Subsystem: "cp", Name: "proxy_target_connections",
+			Help: "Each eligible proxy's target connection count at the last planning round (leader; stale on followers, filter by is_leader)."}, []string{"proxy"}),
+		movesInFlight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "berth", Subsystem: "cp", Name: "moves_in_flight",
+			Help: "Moves pending or accepted at the last planning round (leader; stale on followers, filter by is_leader)."}),
 	}
+	reg.MustRegister(m.targets, m.movesInFlight)
 	reg.MustRegister(m.applyDuration, m.batchSize, m.applyErrors, m.denied, m.moves, m.moveDuration, m.imbalance, m.forwarded, m.forwardBatchSize, m.leadershipChanges, m.watchResets, m.sessions, m.rpcs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		f("is_leader", "1 when this node is the Raft leader.", func() float64 {
@@ -89,6 +96,22 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 		newRegistryCollector(n.fsm),
 	)
 	return m
+}
+
+// observeRound records a planning round's targets (replacing the last
+// round's, so proxies no longer eligible drop out) and open moves.
+func (m *metrics) observeRound(targets map[string]float64, moves []*berthv1.Move) {
+	m.targets.Reset()
+	for id, t := range targets {
+		m.targets.WithLabelValues(id).Set(t)
+	}
+	open := 0
+	for _, mv := range moves {
+		if mv.State == berthv1.MoveState_MOVE_STATE_PENDING || mv.State == berthv1.MoveState_MOVE_STATE_ACCEPTED {
+			open++
+		}
+	}
+	m.movesInFlight.Set(float64(open))
 }
 
 func (m *metrics) observeApply(d time.Duration, err error) {

@@ -194,6 +194,7 @@ func (r *rebalancer) round(ctx context.Context, dryRun bool) ([]*berthv1.Move, e
 	plan := scheduler.Plan(view, limits)
 	r.imbalance = scheduler.Imbalance(view, r.cfg.Limits)
 	r.n.metrics.imbalance.Set(r.imbalance)
+	r.n.metrics.observeRound(scheduler.Targets(view, r.cfg.Limits), moves)
 	out := make([]*berthv1.Move, 0, len(plan))
 	for _, m := range plan {
 		out = append(out, &berthv1.Move{

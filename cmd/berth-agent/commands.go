@@ -111,6 +111,7 @@ func serveCmd(getenv func(string) string, logger func() (*slog.Logger, error)) *
 				return err
 			}
 			if httpAddr != "" {
+				admin.Metrics = a.Metrics()
 				ln, err := net.Listen("tcp", httpAddr)
 				if err != nil {
 					_ = a.Close()
@@ -133,7 +134,7 @@ func serveCmd(getenv func(string) string, logger func() (*slog.Logger, error)) *
 	cfg.RegisterFlags(fs)
 	fs.StringSliceVar(&endpoints, "endpoint", nil, "endpoint to serve as NAME=LOCAL_HOST:PORT; repeat or comma-separate")
 	tuneGC = conf.GCPercentFlag(fs, getenv)
-	fs.StringVar(&httpAddr, "http-addr", "", "address for /healthz (and /debug/pprof/ with --pprof); empty: off")
+	fs.StringVar(&httpAddr, "http-addr", "", "address for /metrics and /healthz (and /debug/pprof/ with --pprof); empty: off")
 	fs.BoolVar(&admin.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --http-addr")
 	fs.StringVar(&tokenFile, "token-file", "", "file holding the agent token (or set "+envToken+")")
 	tlsOpts.RegisterFlags(fs)

@@ -14,6 +14,7 @@ import (
 	"github.com/berthhq/berth/cmd/internal/buildinfo"
 	"github.com/berthhq/berth/cmd/internal/conf"
 	"github.com/berthhq/berth/controlplane"
+	"github.com/berthhq/berth/controlplane/raftmetrics"
 	"github.com/berthhq/berth/dataplane/debughttp"
 )
 
@@ -40,6 +41,11 @@ func run(d *conf.Daemon, args []string) error {
 	return d.Run(args, func(logger *slog.Logger) (io.Closer, error) {
 		reg := prometheus.NewRegistry()
 		if err := d.Build().Register(reg); err != nil {
+			return nil, err
+		}
+		// One node per process: raft's go-metrics global can be this
+		// node's.
+		if err := raftmetrics.Register(reg); err != nil {
 			return nil, err
 		}
 		deps := controlplane.Deps{Registry: reg, Build: d.Build().Proto()}

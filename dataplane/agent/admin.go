@@ -7,6 +7,10 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/berthhq/berth/dataplane/debughttp"
 )
 
@@ -14,13 +18,21 @@ import (
 type AdminOptions struct {
 	// Pprof serves net/http/pprof under /debug/pprof/.
 	Pprof bool
+	// Metrics, when set (an Agent's Metrics), is served on /metrics
+	// together with the Go runtime and process collectors.
+	Metrics prometheus.Gatherer
 }
 
-// ServeAdmin serves /healthz (and, with opts.Pprof, the runtime profiles)
-// on ln until ctx ends.
+// ServeAdmin serves /healthz, /metrics (with opts.Metrics) and, with
+// opts.Pprof, the runtime profiles on ln until ctx ends.
 func ServeAdmin(ctx context.Context, ln net.Listener, opts AdminOptions) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	if opts.Metrics != nil {
+		runtime := prometheus.NewRegistry()
+		runtime.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{opts.Metrics, runtime}, promhttp.HandlerOpts{}))
+	}
 	if opts.Pprof {
 		debughttp.Register(mux)
 	}

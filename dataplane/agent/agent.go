@@ -101,6 +101,7 @@ type Agent struct {
 	runCancel context.CancelFunc
 	tunnels   map[*tunnelConn]struct{}
 	status    Status
+	metrics   *metrics
 	readyOnce sync.Once
 	wg        sync.WaitGroup
 }
@@ -152,6 +153,7 @@ func New(cfg Config, logger *slog.Logger) (*Agent, error) {
 		a.serves[e] = true
 	}
 	a.httpProxy, _ = cfg.proxyFunc() // Validate checked it
+	a.metrics = newMetrics(a)
 	return a, nil
 }
 
@@ -379,6 +381,7 @@ func (a *Agent) dial(ctx context.Context, addr, moveID string) (*tunnelConn, err
 	d := tunnel.Dialer{TLS: tlsFor(a.cfg.TLS, addr), Proxy: a.httpProxy}
 	sess, welcome, err := d.DialTunnel(ctx, addr, hello, a.cfg.Tunnel)
 	if err != nil {
+		a.metrics.dialErrors.Inc()
 		a.setStatus(func(s *Status) { s.LastError = err.Error() })
 		return nil, err
 	}
@@ -415,6 +418,7 @@ func (a *Agent) acceptLoop(tc *tunnelConn) {
 		ep := in.Header.GetEndpoint()
 		if !a.serves[ep] {
 			a.logger.Warn("stream for an endpoint not served here refused", "endpoint", ep, "proxy", tc.addr)
+			a.metrics.refused.WithLabelValues(refusedUnknownEndpoint).Inc()
 			in.Reject(tunnel.Refusal(berthv1.TunnelErrorCode_TUNNEL_ERROR_CODE_BAD_REQUEST, "endpoint %s is not served here", ep))
 			continue
 		}
@@ -424,6 +428,7 @@ func (a *Agent) acceptLoop(tc *tunnelConn) {
 		p.timer = time.AfterFunc(wait, func() {
 			if p.claim() {
 				a.logger.Warn("stream not accepted in time; refused", "endpoint", ep, "waited", wait)
+				a.metrics.refused.WithLabelValues(refusedNotAccepted).Inc()
 				in.Reject(tunnel.Refusal(berthv1.TunnelErrorCode_TUNNEL_ERROR_CODE_UNAVAILABLE, "no one accepted the stream within %s", wait))
 			}
 		})
@@ -432,6 +437,7 @@ func (a *Agent) acceptLoop(tc *tunnelConn) {
 		default:
 			if p.claim() {
 				p.timer.Stop()
+				a.metrics.refused.WithLabelValues(refusedBacklog).Inc()
 				in.Reject(tunnel.Refusal(berthv1.TunnelErrorCode_TUNNEL_ERROR_CODE_UNAVAILABLE, "%d streams already wait to be accepted", cap(a.queue)))
 			}
 		}
@@ -493,6 +499,7 @@ func (a *Agent) Accept() (*Stream, error) {
 				continue
 			}
 			h := p.in.Header
+			a.metrics.endpoint(h.GetEndpoint()).streams.Inc()
 			return &Stream{Endpoint: h.GetEndpoint(), Kind: h.GetKind(), ClientAddress: h.GetClientAddress(), Conn: conn}, nil
 		}
 	}

@@ -24,7 +24,7 @@ func Forward(a *Agent, targets map[string]string, logger *slog.Logger) error {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	f := &forwarder{targets: targets, logger: logger.With("subsystem", "agent"), live: make(map[net.Conn]struct{})}
+	f := &forwarder{metrics: a.metrics, targets: targets, logger: logger.With("subsystem", "agent"), live: make(map[net.Conn]struct{})}
 	defer f.stop()
 	for {
 		s, err := a.Accept()
@@ -43,6 +43,7 @@ func Forward(a *Agent, targets map[string]string, logger *slog.Logger) error {
 }
 
 type forwarder struct {
+	metrics *metrics
 	targets map[string]string
 	logger  *slog.Logger
 	wg      sync.WaitGroup
@@ -74,7 +75,9 @@ func (f *forwarder) forward(s *Stream) {
 		local, err = d.DialContext(ctx, "tcp", target)
 		cancel()
 	}
+	em := f.metrics.endpoint(s.Endpoint)
 	if err != nil {
+		em.upstreamErrors.Inc()
 		log.Warn("local service unreachable", "err", err)
 		if s.Kind == berthv1.StreamKind_STREAM_KIND_HTTP {
 			writeBadGateway(s, err)
@@ -98,6 +101,8 @@ func (f *forwarder) forward(s *Stream) {
 	}()
 	log.Debug("stream forwarded")
 	in, out := Pipe(s, local)
+	em.bytesIn.Add(float64(in))
+	em.bytesOut.Add(float64(out))
 	log.Debug("stream done", "bytes_in", in, "bytes_out", out)
 }
 

@@ -256,6 +256,13 @@ func (d *directory) holderOf(id string) string {
 	return ""
 }
 
+// knows reports whether the directory has endpoint.
+func (d *directory) knows(endpoint string) bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.endpoints[endpoint] != nil
+}
+
 // endpointNames lists every endpoint the directory knows.
 func (d *directory) endpointNames() []string {
 	d.mu.RLock()

@@ -40,20 +40,19 @@ var hopHeaders = [...]string{
 	"Upgrade",
 }
 
-// forward sends r to the endpoint of rt and copies the answer to w.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt route) {
+// forward sends r to the endpoint of rt, copies the answer to w and
+// returns the answer's status code.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt route) int {
 	out := outgoing(r, rt.peerHop)
 	resp, err := p.roundTrip(out, rt)
 	if err != nil {
 		if rt.peerHop && notSent(err) {
 			w.Header().Set(RetryHeader, "not-sent")
 		}
-		p.fail(w, err)
-		return
+		return p.fail(w, err)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
-		p.serveUpgrade(w, out, resp)
-		return
+		return p.serveUpgrade(w, out, resp)
 	}
 	defer resp.Body.Close()
 
@@ -88,6 +87,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rt route) {
 	for k, vv := range resp.Trailer {
 		dst[http.TrailerPrefix+k] = vv
 	}
+	return resp.StatusCode
 }
 
 // outgoing is the request sent upstream: r with its own header map, no
@@ -176,27 +176,25 @@ func isEventStream(contentType string) bool {
 
 // serveUpgrade relays a 101 answer and then copies bytes both ways between
 // the downstream connection and the stream, which is the upgraded
-// connection now.
-func (p *Proxy) serveUpgrade(w http.ResponseWriter, out *http.Request, resp *http.Response) {
+// connection now. It returns the status the client was given.
+func (p *Proxy) serveUpgrade(w http.ResponseWriter, out *http.Request, resp *http.Response) int {
 	back, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
 		_ = resp.Body.Close()
-		p.fail(w, errors.New("upgraded answer is not a connection"))
-		return
+		return p.fail(w, errors.New("upgraded answer is not a connection"))
 	}
 	defer back.Close() // pipe closes it too; closing twice is harmless
 	if want, got := upgradeType(out.Header), upgradeType(resp.Header); !strings.EqualFold(want, got) {
-		p.fail(w, errors.Join(errUnreachable, errors.New("upstream switched to protocol "+got+", not "+want)))
-		return
+		return p.fail(w, errors.Join(errUnreachable, errors.New("upstream switched to protocol "+got+", not "+want)))
 	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		http.Error(w, "connection cannot be upgraded", http.StatusInternalServerError)
-		return
+		return http.StatusInternalServerError
 	}
 	down, brw, err := hj.Hijack()
 	if err != nil {
-		return
+		return http.StatusInternalServerError
 	}
 	resp.Body = nil
 	if err := resp.Write(brw); err == nil {
@@ -204,9 +202,10 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, out *http.Request, resp *htt
 	}
 	if err != nil {
 		_ = down.Close()
-		return
+		return http.StatusSwitchingProtocols
 	}
 	pipe(&bufferedConn{Conn: down, r: brw.Reader}, back)
+	return http.StatusSwitchingProtocols
 }
 
 // flushingWriter flushes the response after every write.

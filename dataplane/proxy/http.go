@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/berthhq/berth/fsm"
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
@@ -105,7 +106,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, acc *accessWriter)
 		return
 	}
 	p.metrics.requests.Inc()
-	p.forward(w, r, rt)
+	start := time.Now()
+	code := p.forward(w, r, rt)
+	p.metrics.observeRequest(endpoint, code, time.Since(start))
 }
 
 func (p *Proxy) hashKey(r *http.Request) string {
@@ -127,7 +130,8 @@ func notSent(err error) bool {
 	return errors.Is(err, errNoUpstream) || errors.As(err, &de) || errors.Is(err, errAllRefused)
 }
 
-func (p *Proxy) fail(w http.ResponseWriter, err error) {
+// fail answers with err's status and reason, and returns the status.
+func (p *Proxy) fail(w http.ResponseWriter, err error) int {
 	code, reason := statusFor(err)
 	p.metrics.routeErrors.WithLabelValues(reason).Inc()
 	if aw, ok := w.(*accessWriter); ok {
@@ -135,6 +139,7 @@ func (p *Proxy) fail(w http.ResponseWriter, err error) {
 	}
 	w.Header().Set(ErrorHeader, reason)
 	http.Error(w, err.Error(), code)
+	return code
 }
 
 // serveTCP answers the berth-tcp upgrade: open a TCP stream to the
