@@ -294,3 +294,35 @@ func (b *lockedBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestAgentMetricsCarryItsBuild starts berth-agent with --http-addr (its
+// proxy unreachable: the agent keeps retrying) and reads its
+// berth_build_info beside its own series.
+func TestAgentMetricsCarryItsBuild(t *testing.T) {
+	dir := build(t)
+	addr := freeAddrs(t, 1)[0]
+	var stderr lockedBuffer
+	cmd := exec.Command(filepath.Join(dir, "berth-agent"), "serve", "--proxy", "127.0.0.1:1",
+		"--endpoint", "web=127.0.0.1:1", "--http-addr", addr)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for !healthy(addr) {
+		if time.Now().After(deadline) {
+			t.Fatalf("berth-agent never served /healthz; stderr:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	metrics := get(t, "http://"+addr+"/metrics")
+	if !strings.Contains(metrics, `version="`+testVersion+`"} 1`) || !strings.Contains(metrics, "berth_agent_tunnel_up") {
+		t.Errorf("berth-agent /metrics lacks berth_build_info for %s or its own series:\n%s", testVersion,
+			grepLines(metrics, "build_info")+grepLines(metrics, "tunnel_up"))
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/berthhq/berth/cmd/internal/buildinfo"
@@ -58,7 +60,7 @@ func newRootCmd(build buildinfo.Info, lookup conf.LookupEnv) *cobra.Command {
 		}
 		return slog.New(h), nil
 	}
-	root.AddCommand(serveCmd(getenv, logger), connectCmd(logger), demoCmd(logger))
+	root.AddCommand(serveCmd(build, getenv, logger), connectCmd(logger), demoCmd(logger))
 	conf.AnnotateEnv(pf)
 	for _, c := range root.Commands() {
 		conf.AnnotateEnv(c.LocalNonPersistentFlags())
@@ -66,7 +68,7 @@ func newRootCmd(build buildinfo.Info, lookup conf.LookupEnv) *cobra.Command {
 	return root
 }
 
-func serveCmd(getenv func(string) string, logger func() (*slog.Logger, error)) *cobra.Command {
+func serveCmd(build buildinfo.Info, getenv func(string) string, logger func() (*slog.Logger, error)) *cobra.Command {
 	cfg := agent.Default()
 	var (
 		endpoints []string
@@ -111,7 +113,12 @@ func serveCmd(getenv func(string) string, logger func() (*slog.Logger, error)) *
 				return err
 			}
 			if httpAddr != "" {
-				admin.Metrics = a.Metrics()
+				info := prometheus.NewRegistry() // berth_build_info, beside the agent's own series
+				if err := build.Register(info); err != nil {
+					_ = a.Close()
+					return err
+				}
+				admin.Metrics = prometheus.Gatherers{a.Metrics(), info}
 				ln, err := net.Listen("tcp", httpAddr)
 				if err != nil {
 					_ = a.Close()
@@ -204,10 +211,10 @@ func connectCmd(logger func() (*slog.Logger, error)) *cobra.Command {
 }
 
 func demoCmd(logger func() (*slog.Logger, error)) *cobra.Command {
-	var listen, name string
+	var listen, name, tcpEcho string
 	cmd := &cobra.Command{
-		Use:   "demo-upstream --listen 127.0.0.1:8081 [--name N]",
-		Short: "Run a tiny demo HTTP service (/, /echo, /ws, /stream?n=)",
+		Use:   "demo-upstream --listen 127.0.0.1:8081 [--name N] [--tcp-echo ADDR]",
+		Short: "Run a tiny demo HTTP service (/, /echo, /ws, /stream?n=), and a raw TCP echo",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := logger()
@@ -223,10 +230,25 @@ func demoCmd(logger func() (*slog.Logger, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return demo.Serve(cmd.Context(), ln, name, log)
+			if tcpEcho == "" {
+				return demo.Serve(cmd.Context(), ln, name, log)
+			}
+			echoLn, err := net.Listen("tcp", tcpEcho)
+			if err != nil {
+				_ = ln.Close()
+				return err
+			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			echoErr := make(chan error, 1)
+			go func() { echoErr <- demo.ServeTCPEcho(ctx, echoLn, log) }()
+			err = demo.Serve(ctx, ln, name, log)
+			cancel()
+			return errors.Join(err, <-echoErr)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8081", "address to serve on")
+	cmd.Flags().StringVar(&tcpEcho, "tcp-echo", "", "also echo raw TCP on this address (stream benchmarks)")
 	cmd.Flags().StringVar(&name, "name", "", "instance name in replies (default: hostname)")
 	return cmd
 }
