@@ -22,7 +22,7 @@ func (a *app) benchCmd() *cobra.Command {
 		Use:   "bench",
 		Short: "Load generators that check every answer",
 	}
-	cmd.AddCommand(a.benchHTTPCmd())
+	cmd.AddCommand(a.benchHTTPCmd(), a.benchStreamCmd())
 	return cmd
 }
 

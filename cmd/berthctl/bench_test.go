@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/berthhq/berth/dataplane/agent/demo"
 )
 
 func TestBenchHTTPChecksEveryAnswer(t *testing.T) {
@@ -87,5 +90,40 @@ func TestBenchHTTPReportsWhenInterrupted(t *testing.T) {
 	var rep benchReport
 	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil || rep.Requests < 19 || rep.Failed != 0 {
 		t.Fatalf("report %+v %v\n%s", rep, err, stdout.String())
+	}
+}
+
+func TestBenchStreamReportsThroughput(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = demo.ServeTCPEcho(ctx, ln, nil); close(done) }()
+	defer func() { cancel(); <-done }()
+	r := berthctlEnv(t, nil, "bench", "stream", "-o", "json", "-d", "300ms", "tcp", ln.Addr().String())
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	var rep streamReport
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("json: %v\n%s", err, r.stdout)
+	}
+	if rep.Kind != "tcp" || rep.Bytes <= 0 || rep.MBps <= 0 {
+		t.Fatalf("report %+v", rep)
+	}
+
+	srv := httptest.NewServer(demo.Handler("t", nil))
+	defer srv.Close()
+	r = berthctlEnv(t, nil, "bench", "stream", "-d", "300ms", "ws", "ws"+strings.TrimPrefix(srv.URL, "http")+"/ws")
+	if r.code != 0 || !strings.Contains(r.stdout, "MB/s") {
+		t.Fatalf("ws: exit %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r = berthctlEnv(t, nil, "bench", "stream", "--via", "127.0.0.1:1", "ws", "x"); r.code == 0 {
+		t.Fatal("--via with a WebSocket was accepted")
+	}
+	if r = berthctlEnv(t, nil, "bench", "stream", "udp", "x"); r.code == 0 || !strings.Contains(r.stderr, "tcp or ws") {
+		t.Fatalf("an unknown kind: exit %d, %s", r.code, r.stderr)
 	}
 }

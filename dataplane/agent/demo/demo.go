@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -130,4 +131,52 @@ func Serve(ctx context.Context, ln net.Listener, name string, logger *slog.Logge
 	err := srv.Shutdown(sctx)
 	<-errc
 	return err
+}
+
+// ServeTCPEcho echoes every byte each connection on ln sends until ctx
+// ends; a client's half-close ends its echo. It closes ln.
+func ServeTCPEcho(ctx context.Context, ln net.Listener, logger *slog.Logger) error {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	var (
+		mu    sync.Mutex
+		conns = map[net.Conn]struct{}{}
+		wg    sync.WaitGroup
+	)
+	stop := context.AfterFunc(ctx, func() {
+		_ = ln.Close()
+		mu.Lock()
+		for c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+	})
+	defer stop()
+	logger.Info("demo TCP echo listening", "subsystem", "demo", "addr", ln.Addr().String())
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			wg.Wait()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		mu.Lock()
+		conns[c] = struct{}{}
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = io.Copy(c, c)
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.CloseWrite()
+			}
+			mu.Lock()
+			delete(conns, c)
+			mu.Unlock()
+			_ = c.Close()
+		}()
+	}
 }
