@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/berthhq/berth/controlplane/client"
 	"github.com/berthhq/berth/controlplane/pki"
@@ -23,15 +24,26 @@ import (
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
 )
 
-// operateMethods change the cluster; everything else on the AdminService
-// only reads (status, watch).
-var operateMethods = map[string]bool{
-	"CordonProxy": true, "UncordonProxy": true, "DrainProxy": true, "Rebalance": true,
-	"AddServer": true, "RemoveServer": true, "TransferLeadership": true,
-	"CreateAdminToken": true, "RevokeAdminToken": true, "ListAdminTokens": true,
-	// A saved registry holds every admin token's record, which only
-	// operate may list; restoring replaces everything.
-	"RemoveProxy": true, "SaveSnapshot": true, "RestoreSnapshot": true,
+// adminRoles maps each AdminService method's full name to the role it
+// declares in admin.proto (option admin_role). A method that declares none
+// is an error here, and a call to a method missing from the map is refused.
+func adminRoles() (map[string]token.AdminRole, error) {
+	methods := berthv1.File_berth_v1_admin_proto.Services().ByName("AdminService").Methods()
+	roles := make(map[string]token.AdminRole, methods.Len())
+	for i := range methods.Len() {
+		m := methods.Get(i)
+		var role token.AdminRole
+		switch proto.GetExtension(m.Options(), berthv1.E_AdminRole).(berthv1.AdminRole) {
+		case berthv1.AdminRole_ADMIN_ROLE_READ:
+			role = token.RoleRead
+		case berthv1.AdminRole_ADMIN_ROLE_OPERATE:
+			role = token.RoleOperate
+		default:
+			return nil, fmt.Errorf("AdminService.%s declares no admin_role in admin.proto", m.Name())
+		}
+		roles[adminServicePrefix+string(m.Name())] = role
+	}
+	return roles, nil
 }
 
 const adminServicePrefix = "/berth.v1.AdminService/"
@@ -70,9 +82,9 @@ func (n *Node) authorizeAdmin(ctx context.Context, fullMethod string) error {
 			}
 		}
 	}
-	need := token.RoleRead
-	if operateMethods[strings.TrimPrefix(fullMethod, adminServicePrefix)] {
-		need = token.RoleOperate
+	need, ok := n.adminRoles[fullMethod]
+	if !ok {
+		return status.Errorf(codes.PermissionDenied, "%s declares no admin role", fullMethod)
 	}
 	auth := md.Get("authorization")
 	if len(auth) != 1 || !strings.HasPrefix(auth[0], "Bearer ") {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/berthhq/berth/controlplane/discovery"
 	"github.com/berthhq/berth/controlplane/pki"
+	"github.com/berthhq/berth/controlplane/token"
 	"github.com/berthhq/berth/fsm"
 	berthv1 "github.com/berthhq/berth/proto/berth/v1"
 )
@@ -97,6 +98,7 @@ type Node struct {
 	tls *pki.Reloader // nil in insecure mode
 	// bootstrapToken is always accepted as an operate admin token ("" none).
 	bootstrapToken string
+	adminRoles     map[string]token.AdminRole // by full method name, from admin.proto
 	grpcServer     *grpc.Server
 	grpcLn         net.Listener
 	health         *health.Server
@@ -157,6 +159,9 @@ func New(cfg Config, logger *slog.Logger, deps Deps) (n *Node, err error) {
 		}
 	}()
 
+	if n.adminRoles, err = adminRoles(); err != nil {
+		return nil, err
+	}
 	if n.bootstrapToken, err = loadBootstrapToken(cfg.AdminBootstrapTokenFile); err != nil {
 		return nil, err
 	}

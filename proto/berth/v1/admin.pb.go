@@ -3213,7 +3213,7 @@ var File_berth_v1_admin_proto protoreflect.FileDescriptor
 
 const file_berth_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14berth/v1/admin.proto\x12\bberth.v1\x1a\x14berth/v1/build.proto\x1a\x15berth/v1/events.proto\x1a\x14berth/v1/model.proto\x1a\x17berth/v1/snapshot.proto\"?\n" +
+	"\x14berth/v1/admin.proto\x12\bberth.v1\x1a\x14berth/v1/build.proto\x1a\x15berth/v1/events.proto\x1a\x14berth/v1/model.proto\x1a\x16berth/v1/options.proto\x1a\x17berth/v1/snapshot.proto\"?\n" +
 	"\n" +
 	"ReadHeader\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1b\n" +
@@ -3428,32 +3428,32 @@ const file_berth_v1_admin_proto_rawDesc = "" +
 	"\x0eServerSuffrage\x12\x1f\n" +
 	"\x1bSERVER_SUFFRAGE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SERVER_SUFFRAGE_VOTER\x10\x01\x12\x1c\n" +
-	"\x18SERVER_SUFFRAGE_NONVOTER\x10\x022\xa1\x0e\n" +
-	"\fAdminService\x12P\n" +
-	"\rClusterStatus\x12\x1e.berth.v1.ClusterStatusRequest\x1a\x1f.berth.v1.ClusterStatusResponse\x12J\n" +
-	"\vListProxies\x12\x1c.berth.v1.ListProxiesRequest\x1a\x1d.berth.v1.ListProxiesResponse\x12A\n" +
-	"\bGetProxy\x12\x19.berth.v1.GetProxyRequest\x1a\x1a.berth.v1.GetProxyResponse\x12P\n" +
-	"\rListEndpoints\x12\x1e.berth.v1.ListEndpointsRequest\x1a\x1f.berth.v1.ListEndpointsResponse\x12J\n" +
-	"\vGetEndpoint\x12\x1c.berth.v1.GetEndpointRequest\x1a\x1d.berth.v1.GetEndpointResponse\x12V\n" +
-	"\x0fListConnections\x12 .berth.v1.ListConnectionsRequest\x1a!.berth.v1.ListConnectionsResponse\x12P\n" +
-	"\rGetConnection\x12\x1e.berth.v1.GetConnectionRequest\x1a\x1f.berth.v1.GetConnectionResponse\x12D\n" +
-	"\tListMoves\x12\x1a.berth.v1.ListMovesRequest\x1a\x1b.berth.v1.ListMovesResponse\x12>\n" +
-	"\aGetMove\x12\x18.berth.v1.GetMoveRequest\x1a\x19.berth.v1.GetMoveResponse\x12J\n" +
-	"\vCordonProxy\x12\x1c.berth.v1.CordonProxyRequest\x1a\x1d.berth.v1.CordonProxyResponse\x12P\n" +
-	"\rUncordonProxy\x12\x1e.berth.v1.UncordonProxyRequest\x1a\x1f.berth.v1.UncordonProxyResponse\x12G\n" +
+	"\x18SERVER_SUFFRAGE_NONVOTER\x10\x022\xab\x0f\n" +
+	"\fAdminService\x12V\n" +
+	"\rClusterStatus\x12\x1e.berth.v1.ClusterStatusRequest\x1a\x1f.berth.v1.ClusterStatusResponse\"\x04\xe8\xe0\x18\x01\x12P\n" +
+	"\vListProxies\x12\x1c.berth.v1.ListProxiesRequest\x1a\x1d.berth.v1.ListProxiesResponse\"\x04\xe8\xe0\x18\x01\x12G\n" +
+	"\bGetProxy\x12\x19.berth.v1.GetProxyRequest\x1a\x1a.berth.v1.GetProxyResponse\"\x04\xe8\xe0\x18\x01\x12V\n" +
+	"\rListEndpoints\x12\x1e.berth.v1.ListEndpointsRequest\x1a\x1f.berth.v1.ListEndpointsResponse\"\x04\xe8\xe0\x18\x01\x12P\n" +
+	"\vGetEndpoint\x12\x1c.berth.v1.GetEndpointRequest\x1a\x1d.berth.v1.GetEndpointResponse\"\x04\xe8\xe0\x18\x01\x12\\\n" +
+	"\x0fListConnections\x12 .berth.v1.ListConnectionsRequest\x1a!.berth.v1.ListConnectionsResponse\"\x04\xe8\xe0\x18\x01\x12V\n" +
+	"\rGetConnection\x12\x1e.berth.v1.GetConnectionRequest\x1a\x1f.berth.v1.GetConnectionResponse\"\x04\xe8\xe0\x18\x01\x12J\n" +
+	"\tListMoves\x12\x1a.berth.v1.ListMovesRequest\x1a\x1b.berth.v1.ListMovesResponse\"\x04\xe8\xe0\x18\x01\x12D\n" +
+	"\aGetMove\x12\x18.berth.v1.GetMoveRequest\x1a\x19.berth.v1.GetMoveResponse\"\x04\xe8\xe0\x18\x01\x12P\n" +
+	"\vCordonProxy\x12\x1c.berth.v1.CordonProxyRequest\x1a\x1d.berth.v1.CordonProxyResponse\"\x04\xe8\xe0\x18\x02\x12V\n" +
+	"\rUncordonProxy\x12\x1e.berth.v1.UncordonProxyRequest\x1a\x1f.berth.v1.UncordonProxyResponse\"\x04\xe8\xe0\x18\x02\x12M\n" +
 	"\n" +
-	"DrainProxy\x12\x1b.berth.v1.DrainProxyRequest\x1a\x1c.berth.v1.DrainProxyResponse\x12J\n" +
-	"\vRemoveProxy\x12\x1c.berth.v1.RemoveProxyRequest\x1a\x1d.berth.v1.RemoveProxyResponse\x12D\n" +
-	"\tRebalance\x12\x1a.berth.v1.RebalanceRequest\x1a\x1b.berth.v1.RebalanceResponse\x12Y\n" +
-	"\x10CreateAdminToken\x12!.berth.v1.CreateAdminTokenRequest\x1a\".berth.v1.CreateAdminTokenResponse\x12Y\n" +
-	"\x10RevokeAdminToken\x12!.berth.v1.RevokeAdminTokenRequest\x1a\".berth.v1.RevokeAdminTokenResponse\x12V\n" +
-	"\x0fListAdminTokens\x12 .berth.v1.ListAdminTokensRequest\x1a!.berth.v1.ListAdminTokensResponse\x12D\n" +
-	"\tAddServer\x12\x1a.berth.v1.AddServerRequest\x1a\x1b.berth.v1.AddServerResponse\x12M\n" +
-	"\fRemoveServer\x12\x1d.berth.v1.RemoveServerRequest\x1a\x1e.berth.v1.RemoveServerResponse\x12_\n" +
-	"\x12TransferLeadership\x12#.berth.v1.TransferLeadershipRequest\x1a$.berth.v1.TransferLeadershipResponse\x12O\n" +
-	"\fSaveSnapshot\x12\x1d.berth.v1.SaveSnapshotRequest\x1a\x1e.berth.v1.SaveSnapshotResponse0\x01\x12X\n" +
-	"\x0fRestoreSnapshot\x12 .berth.v1.RestoreSnapshotRequest\x1a!.berth.v1.RestoreSnapshotResponse(\x01\x12:\n" +
-	"\x05Watch\x12\x16.berth.v1.WatchRequest\x1a\x17.berth.v1.WatchResponse0\x01B1Z/github.com/berthhq/berth/proto/berth/v1;berthv1b\x06proto3"
+	"DrainProxy\x12\x1b.berth.v1.DrainProxyRequest\x1a\x1c.berth.v1.DrainProxyResponse\"\x04\xe8\xe0\x18\x02\x12P\n" +
+	"\vRemoveProxy\x12\x1c.berth.v1.RemoveProxyRequest\x1a\x1d.berth.v1.RemoveProxyResponse\"\x04\xe8\xe0\x18\x02\x12J\n" +
+	"\tRebalance\x12\x1a.berth.v1.RebalanceRequest\x1a\x1b.berth.v1.RebalanceResponse\"\x04\xe8\xe0\x18\x02\x12_\n" +
+	"\x10CreateAdminToken\x12!.berth.v1.CreateAdminTokenRequest\x1a\".berth.v1.CreateAdminTokenResponse\"\x04\xe8\xe0\x18\x02\x12_\n" +
+	"\x10RevokeAdminToken\x12!.berth.v1.RevokeAdminTokenRequest\x1a\".berth.v1.RevokeAdminTokenResponse\"\x04\xe8\xe0\x18\x02\x12\\\n" +
+	"\x0fListAdminTokens\x12 .berth.v1.ListAdminTokensRequest\x1a!.berth.v1.ListAdminTokensResponse\"\x04\xe8\xe0\x18\x02\x12J\n" +
+	"\tAddServer\x12\x1a.berth.v1.AddServerRequest\x1a\x1b.berth.v1.AddServerResponse\"\x04\xe8\xe0\x18\x02\x12S\n" +
+	"\fRemoveServer\x12\x1d.berth.v1.RemoveServerRequest\x1a\x1e.berth.v1.RemoveServerResponse\"\x04\xe8\xe0\x18\x02\x12e\n" +
+	"\x12TransferLeadership\x12#.berth.v1.TransferLeadershipRequest\x1a$.berth.v1.TransferLeadershipResponse\"\x04\xe8\xe0\x18\x02\x12U\n" +
+	"\fSaveSnapshot\x12\x1d.berth.v1.SaveSnapshotRequest\x1a\x1e.berth.v1.SaveSnapshotResponse\"\x04\xe8\xe0\x18\x020\x01\x12^\n" +
+	"\x0fRestoreSnapshot\x12 .berth.v1.RestoreSnapshotRequest\x1a!.berth.v1.RestoreSnapshotResponse\"\x04\xe8\xe0\x18\x02(\x01\x12@\n" +
+	"\x05Watch\x12\x16.berth.v1.WatchRequest\x1a\x17.berth.v1.WatchResponse\"\x04\xe8\xe0\x18\x010\x01B1Z/github.com/berthhq/berth/proto/berth/v1;berthv1b\x06proto3"
 
 var (
 	file_berth_v1_admin_proto_rawDescOnce sync.Once
@@ -3665,6 +3665,7 @@ func file_berth_v1_admin_proto_init() {
 	file_berth_v1_build_proto_init()
 	file_berth_v1_events_proto_init()
 	file_berth_v1_model_proto_init()
+	file_berth_v1_options_proto_init()
 	file_berth_v1_snapshot_proto_init()
 	file_berth_v1_admin_proto_msgTypes[53].OneofWrappers = []any{
 		(*WatchResponse_Snapshot)(nil),
