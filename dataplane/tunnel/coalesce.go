@@ -114,7 +114,7 @@ func (c *batchingConn) flush() {
 			return
 		}
 		batch := c.queued
-		c.queued = c.spare[:0]
+		c.queued, c.spare = c.spare[:0], nil // batch and queued never share an array
 		c.mu.Unlock()
 		_, err := c.Conn.Write(batch)
 		c.mu.Lock()

@@ -175,3 +175,46 @@ func TestBatchingConnCloseGivesUpOnAStuckPeer(t *testing.T) {
 		t.Fatal("a write after Close succeeded")
 	}
 }
+
+// TestBatchingConnNeverWritesIntoABatchInFlight: after a batch too large
+// to keep as the spare buffer, the next batches must still not share an
+// array with the one being written.
+func TestBatchingConnNeverWritesIntoABatchInFlight(t *testing.T) {
+	g := &gatedConn{gate: make(chan struct{})}
+	c := newBatchingConn(g)
+	defer func() { close(g.gate); _ = c.Close() }()
+	var want []byte
+	flushed := func(n int) { // let one write through and wait for it
+		t.Helper()
+		g.gate <- struct{}{}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if _, batches := g.written(); batches >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("batch %d was not written", n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	write := func(b []byte) {
+		t.Helper()
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, b...)
+	}
+	write(bytes.Repeat([]byte{'f'}, 4096)) // its buffer becomes the spare
+	flushed(1)
+	write(bytes.Repeat([]byte{'B'}, 3*maxQueued)) // too large to be kept as the spare
+	flushed(2)
+	write(bytes.Repeat([]byte{'x'}, 100))
+	time.Sleep(10 * time.Millisecond) // the flusher takes it and waits at the gate
+	write(bytes.Repeat([]byte{'y'}, 100))
+	flushed(3)
+	flushed(4)
+	if got, _ := g.written(); !bytes.Equal(got, want) {
+		t.Fatalf("a queued write overwrote the batch being written")
+	}
+}
