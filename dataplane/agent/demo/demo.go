@@ -169,7 +169,10 @@ func ServeTCPEcho(ctx context.Context, ln net.Listener, logger *slog.Logger) err
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _ = io.Copy(c, c)
+			// A plain copy: io.Copy of a TCP connection into itself would
+			// splice(2) the socket into itself, which lost bytes under load.
+			buf := make([]byte, 64<<10)
+			_, _ = io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, buf)
 			if tc, ok := c.(*net.TCPConn); ok {
 				_ = tc.CloseWrite()
 			}
