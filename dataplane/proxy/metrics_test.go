@@ -67,7 +67,10 @@ func TestRequestDurationHistogram(t *testing.T) {
 	// Until the proxy's directory has the endpoint, its requests count as
 	// unknown; wait for its own series.
 	controlplanetest.Eventually(t, 10*time.Second, func() error {
-		get("web", "/", http.StatusOK)
+		// The proxy may answer 503 until it routes to the new connection.
+		if code, body, _, err := e.Get(http.DefaultClient, 0, "web", "/"); err != nil || code != http.StatusOK {
+			return fmt.Errorf("GET web/: %d %q %v", code, body, err)
+		}
 		if count("web", "2xx") == 0 {
 			return fmt.Errorf("no web 2xx series yet")
 		}
