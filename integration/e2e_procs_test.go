@@ -31,13 +31,10 @@ import (
 // shared cores make elections and process starts slow at times.
 const e2eWait = 30 * time.Second
 
-// e2eBuild compiles berthd and berthctl from the module this test lives in
-// into a temporary directory and returns it.
-func e2eBuild(t *testing.T) string {
+// moduleRoot is the directory of the module this test lives in.
+func moduleRoot(t *testing.T) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		t.Fatalf("go env GOMOD: %v", err)
 	}
@@ -45,9 +42,19 @@ func e2eBuild(t *testing.T) string {
 	if gomod == "" || gomod == os.DevNull {
 		t.Fatalf("go env GOMOD: not inside a module (%q)", gomod)
 	}
+	return filepath.Dir(gomod)
+}
+
+// e2eBuild compiles berthd and berthctl from the module this test lives in
+// into a temporary directory and returns it.
+func e2eBuild(t *testing.T) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	root := moduleRoot(t)
 	bin := t.TempDir()
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin+string(filepath.Separator), "./cmd/berthd", "./cmd/berthctl")
-	cmd.Dir = filepath.Dir(gomod)
+	cmd.Dir = root
 	start := time.Now()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

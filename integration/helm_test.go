@@ -169,15 +169,8 @@ func newHelmEnv(t *testing.T) helmEnv {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		t.Fatalf("go env GOMOD: not inside a module (%q)", gomod)
-	}
-	h := helmEnv{root: filepath.Dir(gomod), bin: t.TempDir()}
+	root := moduleRoot(t)
+	h := helmEnv{root: root, bin: t.TempDir()}
 
 	// Building helm the first time takes minutes; go caches it after.
 	began := time.Now()

@@ -1,19 +1,18 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/berthhq/berth/dataplane/agent"
 )
 
 // Stream kinds.
@@ -106,42 +105,21 @@ func RunStream(ctx context.Context, cfg StreamConfig) (StreamResult, error) {
 	return runTCP(ctx, cfg)
 }
 
-func dialTCPStream(ctx context.Context, cfg StreamConfig) (net.Conn, io.Reader, error) {
+func dialTCPStream(ctx context.Context, cfg StreamConfig) (net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
+	if cfg.Via {
+		return agent.DialEndpoint(dctx, cfg.Target, cfg.Endpoint, nil)
+	}
 	c, err := (&net.Dialer{}).DialContext(dctx, "tcp", cfg.Target)
 	if err != nil {
-		return nil, nil, fmt.Errorf("dial %s: %w", cfg.Target, err)
+		return nil, fmt.Errorf("dial %s: %w", cfg.Target, err)
 	}
-	if !cfg.Via {
-		return c, c, nil
-	}
-	_ = c.SetDeadline(time.Now().Add(cfg.Timeout))
-	head := "GET /.berth/tcp HTTP/1.1\r\nHost: " + cfg.Target + "\r\nConnection: Upgrade\r\nUpgrade: berth-tcp\r\n"
-	if cfg.Endpoint != "" {
-		head += "X-Berth-Endpoint: " + cfg.Endpoint + "\r\n"
-	}
-	if _, err := io.WriteString(c, head+"\r\n"); err != nil {
-		_ = c.Close()
-		return nil, nil, fmt.Errorf("upgrade request: %w", err)
-	}
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		_ = c.Close()
-		return nil, nil, fmt.Errorf("upgrade answer: %w", err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		_ = c.Close()
-		return nil, nil, fmt.Errorf("upgrade refused: %s: %s", resp.Status, bytes.TrimSpace(msg))
-	}
-	_ = c.SetDeadline(time.Time{})
-	return c, br, nil
+	return c, nil
 }
 
 func runTCP(ctx context.Context, cfg StreamConfig) (StreamResult, error) {
-	c, r, err := dialTCPStream(ctx, cfg)
+	c, err := dialTCPStream(ctx, cfg)
 	if err != nil {
 		return StreamResult{}, err
 	}
@@ -178,7 +156,7 @@ func runTCP(ctx context.Context, cfg StreamConfig) (StreamResult, error) {
 	)
 	for rerr == nil {
 		var n int
-		n, rerr = r.Read(buf)
+		n, rerr = c.Read(buf)
 		if n > 0 {
 			at := int(got % patternPeriod)
 			if !bytes.Equal(buf[:n], pat[at:at+n]) {
@@ -195,9 +173,6 @@ func runTCP(ctx context.Context, cfg StreamConfig) (StreamResult, error) {
 }
 
 func runWebSocket(ctx context.Context, cfg StreamConfig) (StreamResult, error) {
-	if _, err := url.Parse(cfg.Target); err != nil {
-		return StreamResult{}, fmt.Errorf("target: %w", err)
-	}
 	hdr := http.Header{}
 	if cfg.Endpoint != "" {
 		hdr.Set("X-Berth-Endpoint", cfg.Endpoint)

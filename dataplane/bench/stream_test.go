@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthhq/berth/dataplane/agent"
 	"github.com/berthhq/berth/dataplane/agent/demo"
 )
 
@@ -116,7 +118,8 @@ func TestRunStreamUpgradeRefused(t *testing.T) {
 	defer srv.Close()
 	c := streamConfig(StreamTCP, strings.TrimPrefix(srv.URL, "http://"))
 	c.Via, c.Endpoint = true, "demo"
-	if _, err := RunStream(context.Background(), c); err == nil || !strings.Contains(err.Error(), "upgrade refused") {
+	var refused *agent.EndpointError
+	if _, err := RunStream(context.Background(), c); !errors.As(err, &refused) || refused.StatusCode == http.StatusSwitchingProtocols {
 		t.Fatalf("want the refused upgrade reported, got %v", err)
 	}
 }

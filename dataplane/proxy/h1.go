@@ -160,6 +160,14 @@ func (s *h1Server) Shutdown(ctx context.Context) {
 	<-done
 }
 
+// Close closes every connection at once, cancels their requests and waits
+// for their handlers: a Shutdown with no time to wait.
+func (s *h1Server) Close() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.Shutdown(ctx)
+}
+
 // h1Conn is one downstream connection.
 type h1Conn struct {
 	s  *h1Server
@@ -428,7 +436,7 @@ func (w *h1Response) WriteHeader(code int) {
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
 		// An informational answer goes out at once; the final one follows.
 		w.writeStatusLine(code)
-		w.writeHeaderFields(false)
+		w.writeHeaderFields()
 		_, _ = w.c.bw.WriteString("\r\n")
 		_ = w.c.bw.Flush()
 		return
@@ -538,7 +546,7 @@ func (w *h1Response) commit() {
 		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
 	}
 	w.writeStatusLine(w.status)
-	w.writeHeaderFields(true)
+	w.writeHeaderFields()
 	_, _ = w.c.bw.WriteString("\r\n")
 	if len(w.pre) > 0 {
 		pre := w.pre
@@ -571,38 +579,32 @@ func (w *h1Response) writeStatusLine(code int) {
 }
 
 // writeHeaderFields writes the header map, leaving out trailer values set
-// ahead ("Trailer:"-prefixed keys) and fields that are not valid.
-func (w *h1Response) writeHeaderFields(final bool) {
-	bw := w.c.bw
+// ahead ("Trailer:"-prefixed keys).
+func (w *h1Response) writeHeaderFields() {
 	for k, vv := range w.header {
-		if strings.HasPrefix(k, http.TrailerPrefix) || !httpguts.ValidHeaderFieldName(k) {
-			continue
-		}
-		if final && w.status == http.StatusSwitchingProtocols && k == "Content-Length" {
-			continue
-		}
-		for _, v := range vv {
-			_, _ = bw.WriteString(k)
-			_, _ = bw.WriteString(": ")
-			writeFieldValue(bw, v)
-			_, _ = bw.WriteString("\r\n")
+		if !strings.HasPrefix(k, http.TrailerPrefix) {
+			writeField(w.c.bw, k, vv)
 		}
 	}
 }
 
-// writeFieldValue writes v with CR and LF turned into spaces, as
-// http.Header.Write does, so a value cannot split the header.
-func writeFieldValue(bw *bufio.Writer, v string) {
-	if !strings.ContainsAny(v, "\r\n") {
-		_, _ = bw.WriteString(v)
+var newlineToSpace = strings.NewReplacer("\r", " ", "\n", " ")
+
+// writeField writes one field line per value, skipping a name that is not
+// valid and turning CR and LF in a value into spaces, as http.Header.Write
+// does, so a value cannot split the header.
+func writeField(bw *bufio.Writer, k string, vv []string) {
+	if !httpguts.ValidHeaderFieldName(k) {
 		return
 	}
-	for i := 0; i < len(v); i++ {
-		b := v[i]
-		if b == '\r' || b == '\n' {
-			b = ' '
+	for _, v := range vv {
+		_, _ = bw.WriteString(k)
+		_, _ = bw.WriteString(": ")
+		if strings.ContainsAny(v, "\r\n") {
+			v = newlineToSpace.Replace(v)
 		}
-		_ = bw.WriteByte(b)
+		_, _ = bw.WriteString(v)
+		_, _ = bw.WriteString("\r\n")
 	}
 }
 
@@ -661,26 +663,14 @@ func (w *h1Response) finish() bool {
 // writeTrailers writes the fields declared in the Trailer header (set
 // after the headers went out) and those set with http.TrailerPrefix.
 func (w *h1Response) writeTrailers() {
-	bw := w.c.bw
-	put := func(k string, vv []string) {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return
-		}
-		for _, v := range vv {
-			_, _ = bw.WriteString(k)
-			_, _ = bw.WriteString(": ")
-			writeFieldValue(bw, v)
-			_, _ = bw.WriteString("\r\n")
-		}
-	}
 	for _, name := range w.trailers {
 		if vv, ok := w.header[name]; ok {
-			put(name, vv)
+			writeField(w.c.bw, name, vv)
 		}
 	}
 	for k, vv := range w.header {
 		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
-			put(name, vv)
+			writeField(w.c.bw, name, vv)
 		}
 	}
 }

@@ -34,8 +34,9 @@ func startH1(t *testing.T, h http.Handler, readHeader, idle time.Duration) (*h1S
 	return s, ln.Addr().String()
 }
 
-// exchange writes raw to a new connection and reads one response.
-func exchange(t *testing.T, addr, raw string) (*http.Response, string) {
+// dialRaw connects to addr for a hand-written exchange, closed when the
+// test ends, with a deadline that keeps a hang from stalling the suite.
+func dialRaw(t *testing.T, addr string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -43,6 +44,13 @@ func exchange(t *testing.T, addr, raw string) (*http.Response, string) {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+// exchange writes raw to a new connection and reads one response.
+func exchange(t *testing.T, addr, raw string) (*http.Response, string) {
+	t.Helper()
+	c := dialRaw(t, addr)
 	if _, err := io.WriteString(c, raw); err != nil {
 		t.Fatal(err)
 	}
@@ -137,12 +145,7 @@ func TestH1HeadAndNoContentCarryNoBody(t *testing.T) {
 		w.Header().Set("Content-Length", "5")
 		_, _ = io.WriteString(w, "hello")
 	}), time.Second, time.Minute)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialRaw(t, addr)
 	_, _ = io.WriteString(c, "HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET /204 HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	br := bufio.NewReader(c)
 	head, err := http.ReadResponse(br, &http.Request{Method: http.MethodHead})
@@ -203,12 +206,7 @@ func TestH1ContinuesOnlyWhenTheBodyIsRead(t *testing.T) {
 		}
 		http.Error(w, "no thanks", http.StatusForbidden)
 	}), time.Second, time.Minute)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialRaw(t, addr)
 	br := bufio.NewReader(c)
 	_, _ = io.WriteString(c, "POST /read HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
 	cont, err := http.ReadResponse(br, nil)
@@ -240,12 +238,7 @@ func TestH1DrainsAnUnreadBodyOrCloses(t *testing.T) {
 	_, addr := startH1(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "ok")
 	}), time.Second, time.Minute)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialRaw(t, addr)
 	br := bufio.NewReader(c)
 	small := strings.Repeat("s", 1000)
 	_, _ = fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%sGET /next HTTP/1.1\r\nHost: a\r\n\r\n", len(small), small)
@@ -277,12 +270,7 @@ func TestH1AbortedAnswerCutsTheConnection(t *testing.T) {
 		_, _ = io.WriteString(w, "partial")
 		panic(http.ErrAbortHandler)
 	}), time.Second, time.Minute)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialRaw(t, addr)
 	_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
@@ -306,12 +294,7 @@ func TestH1HijackHandsOverTheConnection(t *testing.T) {
 		_, _ = brw.WriteString("echo: " + line)
 		_ = brw.Flush()
 	}), time.Second, time.Minute)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialRaw(t, addr)
 	_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nhello\n")
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
@@ -327,22 +310,12 @@ func TestH1TimeoutsCutSlowAndIdleClients(t *testing.T) {
 	_, addr := startH1(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "ok")
 	}), 200*time.Millisecond, 300*time.Millisecond)
-	slow, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slow.Close()
+	slow := dialRaw(t, addr)
 	_, _ = io.WriteString(slow, "GET / HTTP/1.1\r\nHost: a\r\n") // and never the blank line
-	_ = slow.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := slow.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("a client that never finished its headers was not cut: %v", err)
 	}
-	idle, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	_ = idle.SetReadDeadline(time.Now().Add(10 * time.Second))
+	idle := dialRaw(t, addr)
 	_, _ = io.WriteString(idle, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	br := bufio.NewReader(idle)
 	resp, err := http.ReadResponse(br, nil)
@@ -365,12 +338,7 @@ func TestH1ShutdownClosesIdleAndWaitsForBusy(t *testing.T) {
 		}
 		_, _ = io.WriteString(w, "done")
 	}), time.Second, time.Minute)
-	idle, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	_ = idle.SetDeadline(time.Now().Add(10 * time.Second))
+	idle := dialRaw(t, addr)
 	_, _ = io.WriteString(idle, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	ibr := bufio.NewReader(idle)
 	if resp, err := http.ReadResponse(ibr, nil); err != nil {
@@ -378,12 +346,7 @@ func TestH1ShutdownClosesIdleAndWaitsForBusy(t *testing.T) {
 	} else {
 		_, _ = io.ReadAll(resp.Body)
 	}
-	busy, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	_ = busy.SetDeadline(time.Now().Add(10 * time.Second))
+	busy := dialRaw(t, addr)
 	_, _ = io.WriteString(busy, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
 	<-started
 	shut := make(chan struct{})
@@ -408,4 +371,19 @@ func TestH1ShutdownClosesIdleAndWaitsForBusy(t *testing.T) {
 		t.Fatalf("the running request: %q, close %v", b, resp.Close)
 	}
 	<-shut
+}
+
+func TestH1HeaderValuesCannotSplitTheHeader(t *testing.T) {
+	_, addr := startH1(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["X-Evil"] = []string{"a\r\nInjected: 1"}
+		w.Header()["Bad Name"] = []string{"dropped"}
+		_, _ = io.WriteString(w, "ok")
+	}), time.Second, time.Minute)
+	resp, body := exchange(t, addr, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	if resp.Header.Get("Injected") != "" || resp.Header.Get("X-Evil") != "a  Injected: 1" || body != "ok" {
+		t.Fatalf("headers %v, body %q", resp.Header, body)
+	}
+	if _, ok := resp.Header["Bad Name"]; ok {
+		t.Fatal("an invalid field name went out")
+	}
 }

@@ -30,8 +30,4 @@ func (h *peerHTTP) serve(c net.Conn, rt route) {
 }
 
 // close closes every peer stream and waits for their requests.
-func (h *peerHTTP) close() {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	h.srv.Shutdown(ctx)
-}
+func (h *peerHTTP) close() { h.srv.Close() }

@@ -16,6 +16,7 @@ import (
 type gatedConn struct {
 	net.Conn // nil: only Write and Close are used
 	gate     chan struct{}
+	entered  chan struct{} // if set, told when a Write waits at the gate
 	fail     error
 
 	mu      sync.Mutex
@@ -25,6 +26,9 @@ type gatedConn struct {
 
 func (g *gatedConn) Write(b []byte) (int, error) {
 	if g.gate != nil {
+		if g.entered != nil {
+			g.entered <- struct{}{}
+		}
 		<-g.gate
 	}
 	g.mu.Lock()
@@ -180,24 +184,10 @@ func TestBatchingConnCloseGivesUpOnAStuckPeer(t *testing.T) {
 // to keep as the spare buffer, the next batches must still not share an
 // array with the one being written.
 func TestBatchingConnNeverWritesIntoABatchInFlight(t *testing.T) {
-	g := &gatedConn{gate: make(chan struct{})}
+	g := &gatedConn{gate: make(chan struct{}), entered: make(chan struct{})}
 	c := newBatchingConn(g)
 	defer func() { close(g.gate); _ = c.Close() }()
 	var want []byte
-	flushed := func(n int) { // let one write through and wait for it
-		t.Helper()
-		g.gate <- struct{}{}
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			if _, batches := g.written(); batches >= n {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("batch %d was not written", n)
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
 	write := func(b []byte) {
 		t.Helper()
 		if _, err := c.Write(b); err != nil {
@@ -205,15 +195,32 @@ func TestBatchingConnNeverWritesIntoABatchInFlight(t *testing.T) {
 		}
 		want = append(want, b...)
 	}
+	written := func(n int) { // wait until the connection has taken n batches
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for _, batches := g.written(); batches < n; _, batches = g.written() {
+			if time.Now().After(deadline) {
+				t.Fatalf("batch %d was not written", n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	release := func(n int) { // let the flusher's next write through
+		t.Helper()
+		<-g.entered
+		g.gate <- struct{}{}
+		written(n)
+	}
 	write(bytes.Repeat([]byte{'f'}, 4096)) // its buffer becomes the spare
-	flushed(1)
+	release(1)
 	write(bytes.Repeat([]byte{'B'}, 3*maxQueued)) // too large to be kept as the spare
-	flushed(2)
+	release(2)
 	write(bytes.Repeat([]byte{'x'}, 100))
-	time.Sleep(10 * time.Millisecond) // the flusher takes it and waits at the gate
+	<-g.entered // the flusher holds the batch with x at the gate
 	write(bytes.Repeat([]byte{'y'}, 100))
-	flushed(3)
-	flushed(4)
+	g.gate <- struct{}{}
+	written(3)
+	release(4)
 	if got, _ := g.written(); !bytes.Equal(got, want) {
 		t.Fatalf("a queued write overwrote the batch being written")
 	}
